@@ -1,0 +1,93 @@
+/*
+** core.c — the `lmp.core` module table, lmp's preloads, and the fresh Lua state of a worker.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include <lualib.h>
+
+#include "lmp.h"
+#include "lmp_int.h"
+
+int luaopen_lmp_core(lua_State *L) {
+  lua_newtable(L);
+  lmp__open_util(L);
+  lmp__open_codec(L);
+  lmp__open_loop(L);
+  lmp__open_process(L);
+  lua_pushliteral(L, LMP_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}
+
+/* package.preload loader for an embedded Lua module; upvalue 1 is its index. */
+static int load_embedded(lua_State *L) {
+  const lmp_embedded *e = &lmp_embedded_lua[lua_tointeger(L, lua_upvalueindex(1))];
+  const char *chunkname = lua_pushfstring(L, "@%s", e->name);
+  if (luaL_loadbuffer(L, e->src, e->len, chunkname) != LUA_OK) return lua_error(L);
+  lua_pushstring(L, lua_tostring(L, 1));
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+void lmp_preload(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_lmp_core);
+  lua_setfield(L, -2, "lmp.core");
+  for (int i = 0; lmp_embedded_lua[i].name != NULL; i++) {
+    /* the module name is the file name: lmp/init.lua -> lmp, lmp/pool.lua -> lmp.pool */
+    char mod[128];
+    const char *n = lmp_embedded_lua[i].name;
+    size_t len = strlen(n);
+    if (len >= sizeof mod || len < 4) continue;
+    memcpy(mod, n, len - 4);
+    mod[len - 4] = '\0';
+    if (len > 9 && strcmp(mod + len - 9, "/init") == 0) mod[len - 9] = '\0';
+    for (char *c = mod; *c; c++)
+      if (*c == '/') *c = '.';
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, load_embedded, 1);
+    lua_setfield(L, -2, mod);
+  }
+  lua_pop(L, 1);
+}
+
+int luaopen_lmp(lua_State *L) {
+  lmp_preload(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lmp");
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* Sets package.<field> to s when s is not NULL. */
+static void set_package_field(lua_State *L, const char *field, const char *s) {
+  if (s == NULL) return;
+  lua_getglobal(L, "package");
+  lua_pushstring(L, s);
+  lua_setfield(L, -2, field);
+  lua_pop(L, 1);
+}
+
+static int init_worker_state(lua_State *L) {
+  const char *path = lua_touserdata(L, 1);
+  const char *cpath = lua_touserdata(L, 2);
+  luaL_openlibs(L);
+  set_package_field(L, "path", path);
+  set_package_field(L, "cpath", cpath);
+  lmp_preload(L);
+  return 0;
+}
+
+lua_State *lmp_new_worker_state(const char *path, const char *cpath) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) return NULL;
+  lua_pushcfunction(L, init_worker_state);
+  lua_pushlightuserdata(L, (void *)path);
+  lua_pushlightuserdata(L, (void *)cpath);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    lua_close(L);
+    return NULL;
+  }
+  return L;
+}

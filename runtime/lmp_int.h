@@ -1,0 +1,80 @@
+/*
+** lmp_int.h — declarations shared by the runtime's C files (not part of the public API).
+** Each C file opens its part of the `lmp.core` table through an lmp__open_* function.
+*/
+#ifndef LMP_INT_H
+#define LMP_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+/* ---- growable byte buffer (malloc'd, outside the Lua heap) ---- */
+typedef struct lmp_buf {
+  char *p;
+  size_t len, cap;
+} lmp_buf;
+
+/* Makes room for n more bytes; returns 0, or -1 when memory is exhausted. */
+int lmp_buf_reserve(lmp_buf *b, size_t n);
+/* Appends n bytes; -1 when memory is exhausted (nothing appended). */
+int lmp_buf_add(lmp_buf *b, const void *s, size_t n);
+void lmp_buf_free(lmp_buf *b);
+
+/* ---- file descriptors carried next to a message ---- */
+typedef struct lmp_fdvec {
+  int *fd;
+  int n, cap;
+} lmp_fdvec;
+
+int lmp_fdvec_push(lmp_fdvec *v, int fd);
+void lmp_fdvec_free(lmp_fdvec *v);
+
+/* ---- error objects (tables with metatable mp.Error, registry key "lmp.Error") ---- */
+/* Pushes a new error object {type=type, message=msg}. */
+void lmp_error_push(lua_State *L, const char *type, const char *msg);
+/* Raises an error object; the message is formatted like lua_pushfstring. Never returns. */
+int lmp_raise(lua_State *L, const char *type, const char *fmt, ...);
+
+/* ---- the codec (codec.c) ---- */
+/* Encodes the value at idx, appending the message to out. With fds == NULL, lmp handles that
+** carry file descriptors record their raw numbers (valid in this process and its forked
+** children); otherwise the descriptors are appended to fds for SCM_RIGHTS. On failure raises
+** a SerializationError naming the path (out may hold a partial message: truncate it). */
+void lmp_encode_buf(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds);
+/* Encodes the value at idx and pushes the message as a Lua string. */
+void lmp_encode(lua_State *L, int idx);
+/* Decodes a message and pushes the value. fds are the descriptors that came with it
+** (NULL when the message carries raw numbers). Raises SerializationError on bad input. */
+void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds);
+
+/* ---- fds lmp owns in the parent, closed in every forked child ---- */
+void lmp_fd_own(int fd);
+void lmp_fd_disown(int fd);
+void lmp_fd_close_owned_in_child(void);
+
+/* ---- time ---- */
+double lmp_now(void);        /* wall clock, seconds */
+double lmp_monotonic(void);  /* monotonic clock, seconds */
+
+/* ---- worker states ---- */
+/* Creates a fresh Lua state for a child: standard libraries, lmp preloaded, package paths
+** as given. Returns NULL when memory is exhausted. */
+lua_State *lmp_new_worker_state(const char *path, const char *cpath);
+
+/* ---- module parts: each adds its functions to the table on top of the stack ---- */
+void lmp__open_util(lua_State *L);
+void lmp__open_codec(lua_State *L);
+void lmp__open_loop(lua_State *L);
+void lmp__open_process(lua_State *L);
+
+/* Embedded Lua sources (generated): name, source, length; terminated by a NULL name. */
+typedef struct lmp_embedded {
+  const char *name;
+  const char *src;
+  size_t len;
+} lmp_embedded;
+extern const lmp_embedded lmp_embedded_lua[];
+
+#endif

@@ -1,0 +1,3 @@
+/* process.c — placeholder */
+#include "lmp_int.h"
+void lmp__open_process(lua_State *L) {}

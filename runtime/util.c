@@ -1,0 +1,201 @@
+/*
+** util.c — small shared pieces: byte buffers, fd vectors, error objects, clocks, owned fds,
+** and the module functions that need nothing else (cpu_count, getpid, time...).
+*/
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sched.h>
+
+#include "lmp_int.h"
+
+int lmp_buf_reserve(lmp_buf *b, size_t n) {
+  if (b->cap - b->len >= n) return 0;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap - b->len < n) {
+    if (cap > ((size_t)-1) / 2) return -1;
+    cap *= 2;
+  }
+  char *p = realloc(b->p, cap);
+  if (p == NULL) return -1;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
+int lmp_buf_add(lmp_buf *b, const void *s, size_t n) {
+  if (lmp_buf_reserve(b, n) != 0) return -1;
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  return 0;
+}
+
+void lmp_buf_free(lmp_buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+int lmp_fdvec_push(lmp_fdvec *v, int fd) {
+  if (v->n == v->cap) {
+    int cap = v->cap ? v->cap * 2 : 4;
+    int *p = realloc(v->fd, (size_t)cap * sizeof *p);
+    if (p == NULL) return -1;
+    v->fd = p;
+    v->cap = cap;
+  }
+  v->fd[v->n++] = fd;
+  return 0;
+}
+
+void lmp_fdvec_free(lmp_fdvec *v) {
+  free(v->fd);
+  v->fd = NULL;
+  v->n = v->cap = 0;
+}
+
+/* ---- error objects ---- */
+
+static int error_tostring(lua_State *L) {
+  lua_getfield(L, 1, "type");
+  lua_getfield(L, 1, "message");
+  const char *type = lua_tostring(L, -2);
+  const char *msg = lua_tostring(L, -1);
+  lua_pushfstring(L, "%s: %s", type ? type : "Error", msg ? msg : "?");
+  return 1;
+}
+
+/* Pushes the shared error metatable, creating it on first use. */
+static void error_metatable(lua_State *L) {
+  if (luaL_newmetatable(L, "lmp.Error")) {
+    lua_pushcfunction(L, error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+}
+
+void lmp_error_push(lua_State *L, const char *type, const char *msg) {
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, type);
+  lua_setfield(L, -2, "type");
+  lua_pushstring(L, msg);
+  lua_setfield(L, -2, "message");
+  error_metatable(L);
+  lua_setmetatable(L, -2);
+}
+
+int lmp_raise(lua_State *L, const char *type, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  const char *msg = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lmp_error_push(L, type, msg);
+  return lua_error(L);
+}
+
+/* ---- clocks ---- */
+
+double lmp_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+double lmp_monotonic(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* ---- fds owned by lmp in this process: a child closes them after fork ---- */
+
+static int *owned;
+static int n_owned, cap_owned;
+
+void lmp_fd_own(int fd) {
+  if (n_owned == cap_owned) {
+    int cap = cap_owned ? cap_owned * 2 : 16;
+    int *p = realloc(owned, (size_t)cap * sizeof *p);
+    if (p == NULL) return; /* the fd merely leaks into children */
+    owned = p;
+    cap_owned = cap;
+  }
+  owned[n_owned++] = fd;
+}
+
+void lmp_fd_disown(int fd) {
+  for (int i = 0; i < n_owned; i++)
+    if (owned[i] == fd) {
+      owned[i] = owned[--n_owned];
+      return;
+    }
+}
+
+void lmp_fd_close_owned_in_child(void) {
+  for (int i = 0; i < n_owned; i++) close(owned[i]);
+  n_owned = 0;
+}
+
+/* ---- module functions ---- */
+
+static int l_cpu_count(lua_State *L) {
+  cpu_set_t set;
+  long n = -1;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+static int l_getpid(lua_State *L) {
+  lua_pushinteger(L, getpid());
+  return 1;
+}
+
+static int l_getppid(lua_State *L) {
+  lua_pushinteger(L, getppid());
+  return 1;
+}
+
+static int l_time(lua_State *L) {
+  lua_pushnumber(L, lmp_now());
+  return 1;
+}
+
+static int l_monotonic(lua_State *L) {
+  lua_pushnumber(L, lmp_monotonic());
+  return 1;
+}
+
+/* Sleeps without running any loop (workers, or the parent before lmp's loop exists). */
+static int l_rawsleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  if (!(s >= 0)) return luaL_argerror(L, 1, "must be a non-negative number");
+  struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+  return 0;
+}
+
+static int l_error(lua_State *L) {
+  const char *type = luaL_checkstring(L, 1);
+  const char *msg = luaL_optstring(L, 2, "");
+  lmp_error_push(L, type, msg);
+  return 1;
+}
+
+void lmp__open_util(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"cpu_count", l_cpu_count}, {"getpid", l_getpid},       {"getppid", l_getppid},
+      {"time", l_time},           {"monotonic", l_monotonic}, {"rawsleep", l_rawsleep},
+      {"error", l_error},         {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+  error_metatable(L);
+  lua_setfield(L, -2, "Error");
+}
