@@ -184,6 +184,7 @@ static int loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout)
   waiting = 1;
   uv_ref((uv_handle_t *)&lp->wake); /* keeps UV_RUN_ONCE blocking */
   if (timeout > 0) {
+    uv_update_time(&lp->uv); /* the loop clock may be stale since the last run */
     uint64_t ms = (uint64_t)(timeout * 1000.0 + 0.999);
     uv_timer_start(&lp->timer, on_timer, ms, 0);
   }
@@ -389,6 +390,18 @@ static int l_run_once(lua_State *L) {
   return 1;
 }
 
+/* wait_event([timeout]): waits until something happens in the loop (a result, a child exit,
+** a callback) or timeout seconds pass (nil or negative: no limit). Returns true when
+** something happened. Raises InterruptedError on Ctrl-C. */
+static int l_wait_event(lua_State *L) {
+  double timeout = luaL_optnumber(L, 1, -1);
+  lmp_loop *lp = lmp_loop_get(L);
+  unsigned long start = lp->events;
+  if (timeout == 0) timeout = 1e-9;
+  lua_pushboolean(L, lmp_loop_wait(L, events_since, &start, timeout));
+  return 1;
+}
+
 static int l_backend_fd(lua_State *L) {
   lua_pushinteger(L, uv_backend_fd(&lmp_loop_get(L)->uv));
   return 1;
@@ -407,6 +420,7 @@ void lmp__open_loop(lua_State *L) {
   lua_pop(L, 1);
   static const luaL_Reg fns[] = {{"sleep", l_sleep},
                                  {"run_once", l_run_once},
+                                 {"wait_event", l_wait_event},
                                  {"backend_fd", l_backend_fd},
                                  {"in_callback", l_in_callback},
                                  {"icall", l_icall},

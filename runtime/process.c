@@ -28,6 +28,7 @@ typedef struct child {
   int daemon;
   lmp_child_exit_fn on_exit;
   void *ud;
+  int forget;      /* drop the entry once reaped (a watched child: its owner has been told) */
 } child;
 
 static child *children;
@@ -69,12 +70,36 @@ static int reap_one(child *c) {
   if (r == 0) return 0;
   c->status = (r == c->pid) ? st : 0; /* ECHILD: someone else reaped it; call it success */
   c->reaped = 1;
-  if (c->on_exit != NULL) c->on_exit(c->ud, c->pid, lmp_exitcode(c->status));
   return 1;
 }
 
+/* Reaps what has exited, then tells the watchers. The table is settled before any
+** callback runs, since a callback may start a replacement child. */
 void lmp_children_reap(void) {
-  for (int i = 0; i < n_children; i++) reap_one(&children[i]);
+  struct note { lmp_child_exit_fn fn; void *ud; pid_t pid; int code; } notes[64];
+  int more = 1;
+  while (more) {
+    int nn = 0, j = 0;
+    more = 0;
+    for (int i = 0; i < n_children; i++) {
+      child *c = &children[i];
+      reap_one(c);
+      if (c->reaped && c->forget) {
+        if (c->on_exit != NULL) {
+          if (nn == 64) { /* tell these first, come back for the rest */
+            more = 1;
+            children[j++] = *c;
+            continue;
+          }
+          notes[nn++] = (struct note){c->on_exit, c->ud, c->pid, lmp_exitcode(c->status)};
+        }
+        continue;
+      }
+      children[j++] = *c;
+    }
+    n_children = j;
+    for (int i = 0; i < nn; i++) notes[i].fn(notes[i].ud, notes[i].pid, notes[i].code);
+  }
 }
 
 int lmp_exitcode(int status) {
@@ -88,6 +113,7 @@ int lmp_child_watch(pid_t pid, lmp_child_exit_fn fn, void *ud) {
   if (c == NULL) return -1;
   c->on_exit = fn;
   c->ud = ud;
+  c->forget = 1;
   return 0;
 }
 

@@ -2,6 +2,7 @@
 -- descriptor left behind, and a watchdog so a hang fails instead of blocking the suite.
 local mp = require "lmp"
 local th = require "lmp_testhelper"
+local assert = require "luassert"
 
 local H = {}
 
@@ -40,20 +41,20 @@ function H.wait_no_children(timeout)
   return left
 end
 
---- Standard before/after hooks: watchdog, and the no-leftovers assertion.
-function H.hygiene(seconds)
-  local fds
-  before_each(function()
-    H.watchdog(seconds or 120)
-    fds = H.fd_count()
-  end)
-  after_each(function()
-    for _, p in ipairs(mp.active_children()) do p:kill(); p:join(5) end
-    local left = H.wait_no_children(5)
-    assert.are.same({}, left, "child processes left behind")
-    assert.are.equal(fds, H.fd_count(), "file descriptors left open")
-    H.watchdog(0)
-  end)
+--- Standard hooks: `before_each(H.setup)` arms the watchdog and counts fds;
+--- `after_each(H.teardown)` asserts that no child and no fd was left behind.
+local fds
+function H.setup()
+  H.watchdog(H.timeout or 120)
+  fds = H.fd_count()
+end
+
+function H.teardown()
+  for _, p in ipairs(mp.active_children()) do p:kill(); p:join(5) end
+  local left = H.wait_no_children(5)
+  assert.are.same({}, left, "child processes left behind")
+  assert.are.equal(fds, H.fd_count(), "file descriptors left open")
+  H.watchdog(0)
 end
 
 --- A temporary file name, removed at the end of the test run.

@@ -7,7 +7,8 @@ local H = require "helper"
 function global_helper(x) return x * 7 end
 
 describe("mp.Process", function()
-  H.hygiene(120)
+  before_each(H.setup)
+  after_each(H.teardown)
   teardown(H.cleanup)
 
   local function writer(path)
