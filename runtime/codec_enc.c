@@ -484,8 +484,10 @@ static void push_fentry(enc *e, int idx) {
   lua_rawset(L, e->fcache);
 }
 
-/* Writes the upvalue records of the Lua function at idx (ref id fid); returns 1 when it
-** reads its globals through the sender's globals table. */
+/* Writes the upvalue records of the Lua function at idx (ref id fid). An `_ENV` upvalue that
+** holds a table (the globals, or a custom environment such as a test runner's) becomes the
+** message environment; the first such table is left on the stack and its index returned
+** (0 when there is none), so the globals can be read from it. */
 static int put_upvalues(enc *e, int idx, lua_Integer fid) {
   lua_State *L = e->L;
   int n = 0, env = 0;
@@ -496,10 +498,10 @@ static int put_upvalues(enc *e, int idx, lua_Integer fid) {
   put_varint(e, (uint64_t)n);
   for (int i = 1; i <= n; i++) {
     const char *name = lua_getupvalue(L, idx, i);
-    if (strcmp(name, "_ENV") == 0 && lua_rawequal(L, -1, e->G)) {
+    if (strcmp(name, "_ENV") == 0 && lua_istable(L, -1)) {
       put_byte(e, UV_ENV);
-      env = 1;
-      lua_pop(L, 1);
+      if (env == 0) env = lua_gettop(L);
+      else lua_pop(L, 1);
       continue;
     }
     lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
@@ -524,8 +526,31 @@ static int put_upvalues(enc *e, int idx, lua_Integer fid) {
   return env;
 }
 
-/* Writes the captured globals named in the entry at `entry` that this message lacks so far. */
-static void put_globals(enc *e, int entry) {
+static int env_get(lua_State *L) {
+  lua_gettable(L, 1);
+  return 1;
+}
+
+/* Pushes env[name] (name on top, consumed): raw for the globals table, else with metamethods
+** (an environment that falls back to _G); an error there reads as nil. */
+static void get_global(enc *e, int env) {
+  lua_State *L = e->L;
+  if (lua_rawequal(L, env, e->G)) {
+    lua_rawget(L, env);
+    return;
+  }
+  lua_pushcfunction(L, env_get);
+  lua_pushvalue(L, env);
+  lua_rotate(L, -3, 2);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
+/* Writes the captured globals named in the entry at `entry` that this message lacks so far,
+** reading them from the environment table at env. */
+static void put_globals(enc *e, int entry, int env) {
   lua_State *L = e->L;
   for (lua_Integer i = 2; lua_rawgeti(L, entry, i) == LUA_TSTRING; i++) {
     int name = lua_gettop(L);
@@ -539,7 +564,8 @@ static void put_globals(enc *e, int entry) {
     lua_pushboolean(L, 1);
     lua_rawset(L, e->caps);
     lua_pushvalue(L, name);
-    if (lua_rawget(L, e->G) != LUA_TNIL) {
+    get_global(e, env);
+    if (!lua_isnil(L, -1)) {
       size_t n;
       const char *s = lua_tolstring(L, name, &n);
       put_byte(e, 1);
@@ -571,9 +597,10 @@ static void encode_function(enc *e, int idx) {
   const char *chunk = lua_tolstring(L, -1, &n);
   put_str(e, chunk, n);
   lua_pop(L, 1);
-  if (put_upvalues(e, idx, fid)) put_globals(e, entry);
+  int env = put_upvalues(e, idx, fid);
+  if (env) put_globals(e, entry, env);
   else put_byte(e, 0);
-  lua_pop(L, 1);
+  lua_settop(L, entry - 1);
   e->depth--;
 }
 

@@ -3,4 +3,6 @@ local core = require "lmp.core"
 local mp = {}
 mp.core = core
 mp.version = core.version
+mp.encode = core.encode
+mp.decode = core.decode
 return mp
