@@ -232,9 +232,11 @@ static void decode_modref(dec *d) {
   if (!nul) return;
   if (!lua_istable(L, -1)) bad(d, "module reference into something that is not a table");
   lua_pushlstring(L, nul + 1, n - mlen - 1);
-  if (lua_rawget(L, -2) == LUA_TNIL)
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    const char *field = lua_pushlstring(L, nul + 1, n - mlen - 1);
     lmp_raise(L, "SerializationError", "module '%s' has no field '%s'",
-              lua_pushlstring(L, s, mlen), nul + 1);
+              lua_pushlstring(L, s, mlen), field);
+  }
   lua_remove(L, -2);
 }
 
@@ -250,7 +252,7 @@ static void decode_handle(dec *d) {
   lua_getfield(L, LUA_REGISTRYINDEX, CODEC_HANDLES);
   lua_pushlstring(L, type, tn);
   if (!lua_istable(L, -2) || lua_rawget(L, -2) != LUA_TFUNCTION)
-    lmp_raise(L, "SerializationError", "unknown handle type '%s'", lua_tostring(L, -1));
+    lmp_raise(L, "SerializationError", "unknown handle type '%s'", lua_pushlstring(L, type, tn));
   lua_remove(L, -2);
   lua_pushlstring(L, payload, pn);
   for (uint64_t i = 0; i < nfds; i++) {

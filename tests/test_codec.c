@@ -121,7 +121,7 @@ static const char *handles =
     "local r = rt({h, h}); assert(r[1] == r[2] and r[1].name == 'q1')\n"
     "assert(r[1].fds[1] == 5 and r[1].fds[2] == 7 and getmetatable(r[1]) == mt)\n"
     "local bad = setmetatable({}, {__lmp_encode = function() return 'nope', '' end})\n"
-    "fails('unknown handle type', core.decode, core.encode(bad))\n"
+    "fails(\"unknown handle type 'nope'\", core.decode, core.encode(bad))\n"
     "assert(#core.codec_secret() == 8)\n";
 
 /* ---- a userdata type with the handle hook (fds travel in a vector) ---- */
