@@ -108,7 +108,8 @@ static void decode_table(dec *d) {
   enter(d);
   uint64_t narr = get_varint(d);
   if (narr > remaining(d)) bad(d, "array larger than the message");
-  lua_createtable(L, (int)narr, 0);
+  /* preallocation is bounded by the input (each element takes a byte) and capped */
+  lua_createtable(L, narr > (1u << 24) ? (1 << 24) : (int)narr, 0);
   int t = lua_gettop(L);
   add_ref(d);
   for (uint64_t i = 1; i <= narr; i++) {

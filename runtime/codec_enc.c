@@ -267,13 +267,15 @@ static void encode_table(enc *e, int idx) {
   put_byte(e, T_TABLE);
   lua_Integer narr = (lua_Integer)lua_rawlen(L, idx);
   put_varint(e, (uint64_t)narr);
+  push_frame(e, F_INDEX, 0, 0, NULL);
+  frame *f = &e->frames[e->nframe - 1];
   for (lua_Integer i = 1; i <= narr; i++) {
-    push_frame(e, F_INDEX, 0, i, NULL);
+    f->i = i;
     lua_rawgeti(L, idx, i);
     encode_value(e, lua_gettop(L));
     lua_pop(L, 1);
-    pop_frame(e);
   }
+  pop_frame(e);
   size_t countpos = e->out->len;
   put_bytes(e, "\0\0\0\0", 4);
   uint64_t count = 0;

@@ -92,6 +92,11 @@ static const char *functions =
     "local x = rt({print, io.stdout, string, string.format, _G, cjson, cjson.encode, math})\n"
     "assert(x[1]==print and x[2]==io.stdout and x[3]==string and x[4]==string.format)\n"
     "assert(x[5]==_G and x[6]==cjson and x[7]==cjson.encode and x[8]==math)\n"
+    "function gfact(k) if k <= 1 then return 1 end return k * gfact(k - 1) end\n"
+    "local gf = rt(gfact); gfact = nil; assert(gf(5) == 120)\n"
+    "local sandbox = setmetatable({answer = 41}, {__index = _G})\n"
+    "local sf = rt(load('return answer + math.floor(1.5)', 'sb', 't', sandbox))\n"
+    "assert(sf() == 42 and answer == nil)\n"
     "local same = function() return 1 end\n"
     "assert(core.encode(same) == core.encode(same))\n";
 
