@@ -56,10 +56,12 @@ static const char *scalars =
 
 static const char *tables =
     "local e = rt({}); assert(type(e) == 'table' and next(e) == nil)\n"
-    "local s = rt({[1]=1, [3]=3, [1000]=true}); assert(s[1]==1 and s[2]==nil and s[3]==3 and s[1000])\n"
+    "local s = rt({[1]=1, [3]=3, [1000]=true})\n"
+    "assert(s[1]==1 and s[2]==nil and s[3]==3 and s[1000])\n"
     "local k = {}; local m = rt({1, 2, x='y', [2.5]='f', [true]=false, [k]=k, ['a b']={}})\n"
     "assert(m[1]==1 and m[2]==2 and m.x=='y' and m[2.5]=='f' and m[true]==false and m['a b'])\n"
-    "local tk = next({}); for key, v in pairs(m) do if type(key)=='table' then assert(key==v) tk=key end end\n"
+    "local tk = next({})\n"
+    "for key, v in pairs(m) do if type(key)=='table' then assert(key==v) tk=key end end\n"
     "assert(tk)\n"
     "local t = {}; t.self = t; local r = rt(t); assert(r.self == r)\n"
     "local a = {}; local b = rt({x=a, y=a}); assert(b.x == b.y and b.x ~= a)\n"
@@ -237,7 +239,8 @@ static msg encode_expr(lua_State *L, const char *expr) {
 
 static const char *samples[] = {
     "{1, 2.5, 'str', true, false, {x = {y = 'z'}}, [10] = -7, [2.5] = 'f'}",
-    "(function() local t = {1}; t.self = t; t.mt = setmetatable({}, {__index = t}); return t end)()",
+    ("(function() local t = {1}; t.self = t\n"
+     "  t.mt = setmetatable({}, {__index = t}); return t end)()"),
     "{print, string.format, io.stdout, _G, math, h = setmetatable({name = 'n'}, toy_mt)}",
     "string.rep('abc', 50)",
     "{math.mininteger, math.maxinteger, 0/0, -0.0, 1/0}",
@@ -336,7 +339,8 @@ static void test_light_userdata(lua_State *L) {
   lua_setfield(L, -2, "p");
   CHECK(lua_pcall(L, 1, 1, 0) != LUA_OK);
   lua_getfield(L, -1, "message");
-  CHECK(lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "value.p: cannot send a light userdata") == 0);
+  CHECK(lua_isstring(L, -1) &&
+        strcmp(lua_tostring(L, -1), "value.p: cannot send a light userdata") == 0);
   lua_settop(L, 0);
 }
 
