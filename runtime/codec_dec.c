@@ -38,6 +38,7 @@ static int get_byte(dec *d) {
   return *d->p++;
 }
 
+/* Reads a little-endian base-128 varint of at most 64 bits. */
 static uint64_t get_varint(dec *d) {
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
@@ -50,6 +51,7 @@ static uint64_t get_varint(dec *d) {
   return 0;
 }
 
+/* Reads an n-byte little-endian unsigned integer. */
 static uint64_t get_fixed(dec *d, int n) {
   if (remaining(d) < (size_t)n) bad(d, "truncated");
   uint64_t v = 0;
@@ -68,6 +70,7 @@ static const char *get_str(dec *d, size_t *n) {
   return s;
 }
 
+/* Enters a nested table or function: depth limit and stack room. */
 static void enter(dec *d) {
   if (++d->depth > CODEC_MAX_DEPTH) bad(d, "nesting deeper than 200");
   if (!lua_checkstack(d->L, 16)) bad(d, "Lua stack overflow");
@@ -103,6 +106,8 @@ static void push_env(dec *d) {
 
 /* ---- tables ---- */
 
+/* Reads a table record: numbered before its contents, so references to it inside resolve;
+** the metatable is set last so filling the table triggers no metamethod. */
 static void decode_table(dec *d) {
   lua_State *L = d->L;
   enter(d);
@@ -140,6 +145,7 @@ typedef struct chunk {
   size_t n;
 } chunk;
 
+/* lua_load reader handing over the whole chunk at once. */
 static const char *chunk_reader(lua_State *L, void *ud, size_t *size) {
   chunk *c = ud;
   const char *s = c->s;
@@ -163,6 +169,7 @@ static void join_upvalue(dec *d, int f, int i) {
   lua_pop(L, 1);
 }
 
+/* Reads the upvalue records of the function at f, after checking their count matches. */
 static void decode_upvalues(dec *d, int f) {
   lua_State *L = d->L;
   uint64_t nups = get_varint(d);
@@ -197,6 +204,8 @@ static void decode_globals(dec *d) {
   if (more != 0) bad(d, "bad globals list");
 }
 
+/* Reads a function record; its bytecode is loaded (binary mode) only when the record carries
+** this process's secret. */
 static void decode_function(dec *d) {
   lua_State *L = d->L;
   enter(d);
@@ -273,6 +282,7 @@ static void decode_handle(dec *d) {
 
 /* ---- dispatch ---- */
 
+/* Reads one value and pushes it. */
 static void decode_value(dec *d) {
   lua_State *L = d->L;
   uint64_t u;
@@ -306,6 +316,7 @@ static void decode_value(dec *d) {
   }
 }
 
+/* Checks the header, decodes the single value it frames, and insists nothing follows. */
 void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
   dec d;
   const unsigned char *p = (const unsigned char *)s;

@@ -249,6 +249,8 @@ static void encode_handle(enc *e, int idx) {
 
 /* ---- tables ---- */
 
+/* Writes the table at idx: a back reference, the globals, a module reference, a handle, or
+** its contents (array part, other pairs, metatable) numbered before them so cycles resolve. */
 static void encode_table(enc *e, int idx) {
   lua_State *L = e->L;
   if (put_seen_ref(e, idx)) return;
@@ -320,6 +322,7 @@ typedef struct dumpstate {
   luaL_Buffer b;
 } dumpstate;
 
+/* lua_dump writer into a luaL_Buffer started lazily above the dumped function. */
 static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
   dumpstate *d = ud;
   if (!d->init) {
@@ -528,6 +531,7 @@ static int put_upvalues(enc *e, int idx, lua_Integer fid) {
   return env;
 }
 
+/* env[key] with metamethods, run under lua_pcall. */
 static int env_get(lua_State *L) {
   lua_gettable(L, 1);
   return 1;
@@ -582,6 +586,8 @@ static void put_globals(enc *e, int entry, int env) {
   put_byte(e, 0);
 }
 
+/* Writes the function at idx: a back reference, a module reference, or its record (secret,
+** bytecode with debug info, upvalues, captured globals). Unnamed C functions are an error. */
 static void encode_function(enc *e, int idx) {
   lua_State *L = e->L;
   if (put_seen_ref(e, idx)) return;
@@ -608,6 +614,7 @@ static void encode_function(enc *e, int idx) {
 
 /* ---- userdata and dispatch ---- */
 
+/* Writes the userdata at idx as a module reference or through its __lmp_encode hook. */
 static void encode_userdata(enc *e, int idx) {
   lua_State *L = e->L;
   if (put_seen_ref(e, idx)) return;
@@ -623,6 +630,7 @@ static void encode_userdata(enc *e, int idx) {
   e->depth--;
 }
 
+/* Writes an integer (zigzag varint) or a float (raw IEEE bits), keeping the subtype. */
 static void encode_number(enc *e, int idx) {
   if (lua_isinteger(e->L, idx)) {
     uint64_t u = (uint64_t)lua_tointeger(e->L, idx);
@@ -637,6 +645,7 @@ static void encode_number(enc *e, int idx) {
   }
 }
 
+/* Writes the value at idx (an absolute index) by its type. */
 static void encode_value(enc *e, int idx) {
   lua_State *L = e->L;
   size_t n;
@@ -672,6 +681,8 @@ static void push_fcache(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
 }
 
+/* Sets up the per-message tables on the stack, writes the header and the value, and pops
+** everything it pushed. */
 void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, const char *root) {
   enc e;
   idx = lua_absindex(L, idx);
