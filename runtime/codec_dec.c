@@ -93,11 +93,16 @@ static void push_env(dec *d) {
   lua_State *L = d->L;
   if (lua_type(L, d->env) != LUA_TTABLE) {
     lua_newtable(L);
-    lua_createtable(L, 0, 2);
-    lua_pushvalue(L, d->G);
-    lua_setfield(L, -2, "__index");
-    lua_pushvalue(L, d->G);
-    lua_setfield(L, -2, "__newindex");
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_ENVMT) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_createtable(L, 0, 2);
+      lua_pushvalue(L, d->G);
+      lua_setfield(L, -2, "__index");
+      lua_pushvalue(L, d->G);
+      lua_setfield(L, -2, "__newindex");
+      lua_pushvalue(L, -1);
+      lua_setfield(L, LUA_REGISTRYINDEX, CODEC_ENVMT);
+    }
     lua_setmetatable(L, -2);
     lua_replace(L, d->env);
   }

@@ -595,6 +595,12 @@ static void encode_function(enc *e, int idx) {
   if (lua_iscfunction(L, idx))
     fail(e, "cannot send a C function that is not reachable from package.loaded");
   enter(e);
+  if (lua_isnil(L, e->upv)) {
+    lua_newtable(L);
+    lua_replace(L, e->upv);
+    lua_newtable(L);
+    lua_replace(L, e->caps);
+  }
   lua_Integer fid = mark(e, idx);
   put_byte(e, T_FUNC);
   put_u64(e, lmp__codec_secret());
@@ -697,9 +703,9 @@ void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, cons
   if (!lua_checkstack(L, 24)) fail(&e, "Lua stack overflow");
   lua_newtable(L);
   e.seen = lua_gettop(L);
-  lua_newtable(L);
+  lua_pushnil(L); /* upv and caps are made by the first function */
   e.upv = lua_gettop(L);
-  lua_newtable(L);
+  lua_pushnil(L);
   e.caps = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.G = lua_gettop(L);
