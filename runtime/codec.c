@@ -11,6 +11,9 @@
 **    reads, so sending the same closure again costs no lua_dump. There is no decoder-side cache.
 **  - The reverse map (value -> module name/field) is cached in the registry and rebuilt when a
 **    fingerprint of package.loaded (entry count and identities) changes.
+**  - A function's `_ENV` upvalue holding a table (the globals, or a custom environment such as
+**    a sandbox or a test runner's) becomes the per-message environment on decode; the globals
+**    the function reads are captured from that table.
 ** Caveats: fields added to an already-loaded module after the map was built are only seen when
 ** package.loaded itself changes.
 */

@@ -45,6 +45,7 @@ enum {
 /* Registry keys. */
 #define CODEC_HANDLES "lmp.codec.handles"   /* typename -> decoder function */
 #define CODEC_FCACHE "lmp.codec.fcache"     /* closure -> {bytecode, global names...} (weak) */
+#define CODEC_ENVMT "lmp.codec.envmt"       /* {__index = _G, __newindex = _G}, shared */
 #define CODEC_REVMAP "lmp.codec.revmap"     /* value -> "module" / "module\0field" */
 
 /* The per-process secret that function records must carry. */

@@ -38,6 +38,7 @@ static int get_byte(dec *d) {
   return *d->p++;
 }
 
+/* Reads a little-endian base-128 varint of at most 64 bits. */
 static uint64_t get_varint(dec *d) {
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
@@ -50,6 +51,7 @@ static uint64_t get_varint(dec *d) {
   return 0;
 }
 
+/* Reads an n-byte little-endian unsigned integer. */
 static uint64_t get_fixed(dec *d, int n) {
   if (remaining(d) < (size_t)n) bad(d, "truncated");
   uint64_t v = 0;
@@ -68,6 +70,7 @@ static const char *get_str(dec *d, size_t *n) {
   return s;
 }
 
+/* Enters a nested table or function: depth limit and stack room. */
 static void enter(dec *d) {
   if (++d->depth > CODEC_MAX_DEPTH) bad(d, "nesting deeper than 200");
   if (!lua_checkstack(d->L, 16)) bad(d, "Lua stack overflow");
@@ -90,11 +93,16 @@ static void push_env(dec *d) {
   lua_State *L = d->L;
   if (lua_type(L, d->env) != LUA_TTABLE) {
     lua_newtable(L);
-    lua_createtable(L, 0, 2);
-    lua_pushvalue(L, d->G);
-    lua_setfield(L, -2, "__index");
-    lua_pushvalue(L, d->G);
-    lua_setfield(L, -2, "__newindex");
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_ENVMT) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_createtable(L, 0, 2);
+      lua_pushvalue(L, d->G);
+      lua_setfield(L, -2, "__index");
+      lua_pushvalue(L, d->G);
+      lua_setfield(L, -2, "__newindex");
+      lua_pushvalue(L, -1);
+      lua_setfield(L, LUA_REGISTRYINDEX, CODEC_ENVMT);
+    }
     lua_setmetatable(L, -2);
     lua_replace(L, d->env);
   }
@@ -103,12 +111,15 @@ static void push_env(dec *d) {
 
 /* ---- tables ---- */
 
+/* Reads a table record: numbered before its contents, so references to it inside resolve;
+** the metatable is set last so filling the table triggers no metamethod. */
 static void decode_table(dec *d) {
   lua_State *L = d->L;
   enter(d);
   uint64_t narr = get_varint(d);
   if (narr > remaining(d)) bad(d, "array larger than the message");
-  lua_createtable(L, (int)narr, 0);
+  /* preallocation is bounded by the input (each element takes a byte) and capped */
+  lua_createtable(L, narr > (1u << 24) ? (1 << 24) : (int)narr, 0);
   int t = lua_gettop(L);
   add_ref(d);
   for (uint64_t i = 1; i <= narr; i++) {
@@ -139,6 +150,7 @@ typedef struct chunk {
   size_t n;
 } chunk;
 
+/* lua_load reader handing over the whole chunk at once. */
 static const char *chunk_reader(lua_State *L, void *ud, size_t *size) {
   chunk *c = ud;
   const char *s = c->s;
@@ -162,6 +174,7 @@ static void join_upvalue(dec *d, int f, int i) {
   lua_pop(L, 1);
 }
 
+/* Reads the upvalue records of the function at f, after checking their count matches. */
 static void decode_upvalues(dec *d, int f) {
   lua_State *L = d->L;
   uint64_t nups = get_varint(d);
@@ -196,6 +209,8 @@ static void decode_globals(dec *d) {
   if (more != 0) bad(d, "bad globals list");
 }
 
+/* Reads a function record; its bytecode is loaded (binary mode) only when the record carries
+** this process's secret. */
 static void decode_function(dec *d) {
   lua_State *L = d->L;
   enter(d);
@@ -232,9 +247,11 @@ static void decode_modref(dec *d) {
   if (!nul) return;
   if (!lua_istable(L, -1)) bad(d, "module reference into something that is not a table");
   lua_pushlstring(L, nul + 1, n - mlen - 1);
-  if (lua_rawget(L, -2) == LUA_TNIL)
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    const char *field = lua_pushlstring(L, nul + 1, n - mlen - 1);
     lmp_raise(L, "SerializationError", "module '%s' has no field '%s'",
-              lua_pushlstring(L, s, mlen), nul + 1);
+              lua_pushlstring(L, s, mlen), field);
+  }
   lua_remove(L, -2);
 }
 
@@ -250,7 +267,7 @@ static void decode_handle(dec *d) {
   lua_getfield(L, LUA_REGISTRYINDEX, CODEC_HANDLES);
   lua_pushlstring(L, type, tn);
   if (!lua_istable(L, -2) || lua_rawget(L, -2) != LUA_TFUNCTION)
-    lmp_raise(L, "SerializationError", "unknown handle type '%s'", lua_tostring(L, -1));
+    lmp_raise(L, "SerializationError", "unknown handle type '%s'", lua_pushlstring(L, type, tn));
   lua_remove(L, -2);
   lua_pushlstring(L, payload, pn);
   for (uint64_t i = 0; i < nfds; i++) {
@@ -270,6 +287,7 @@ static void decode_handle(dec *d) {
 
 /* ---- dispatch ---- */
 
+/* Reads one value and pushes it. */
 static void decode_value(dec *d) {
   lua_State *L = d->L;
   uint64_t u;
@@ -303,6 +321,7 @@ static void decode_value(dec *d) {
   }
 }
 
+/* Checks the header, decodes the single value it frames, and insists nothing follows. */
 void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
   dec d;
   const unsigned char *p = (const unsigned char *)s;

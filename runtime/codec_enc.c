@@ -249,6 +249,8 @@ static void encode_handle(enc *e, int idx) {
 
 /* ---- tables ---- */
 
+/* Writes the table at idx: a back reference, the globals, a module reference, a handle, or
+** its contents (array part, other pairs, metatable) numbered before them so cycles resolve. */
 static void encode_table(enc *e, int idx) {
   lua_State *L = e->L;
   if (put_seen_ref(e, idx)) return;
@@ -267,13 +269,15 @@ static void encode_table(enc *e, int idx) {
   put_byte(e, T_TABLE);
   lua_Integer narr = (lua_Integer)lua_rawlen(L, idx);
   put_varint(e, (uint64_t)narr);
+  push_frame(e, F_INDEX, 0, 0, NULL);
+  frame *f = &e->frames[e->nframe - 1];
   for (lua_Integer i = 1; i <= narr; i++) {
-    push_frame(e, F_INDEX, 0, i, NULL);
+    f->i = i;
     lua_rawgeti(L, idx, i);
     encode_value(e, lua_gettop(L));
     lua_pop(L, 1);
-    pop_frame(e);
   }
+  pop_frame(e);
   size_t countpos = e->out->len;
   put_bytes(e, "\0\0\0\0", 4);
   uint64_t count = 0;
@@ -318,6 +322,7 @@ typedef struct dumpstate {
   luaL_Buffer b;
 } dumpstate;
 
+/* lua_dump writer into a luaL_Buffer started lazily above the dumped function. */
 static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
   dumpstate *d = ud;
   if (!d->init) {
@@ -484,8 +489,10 @@ static void push_fentry(enc *e, int idx) {
   lua_rawset(L, e->fcache);
 }
 
-/* Writes the upvalue records of the Lua function at idx (ref id fid); returns 1 when it
-** reads its globals through the sender's globals table. */
+/* Writes the upvalue records of the Lua function at idx (ref id fid). An `_ENV` upvalue that
+** holds a table (the globals, or a custom environment such as a test runner's) becomes the
+** message environment; the first such table is left on the stack and its index returned
+** (0 when there is none), so the globals can be read from it. */
 static int put_upvalues(enc *e, int idx, lua_Integer fid) {
   lua_State *L = e->L;
   int n = 0, env = 0;
@@ -496,10 +503,10 @@ static int put_upvalues(enc *e, int idx, lua_Integer fid) {
   put_varint(e, (uint64_t)n);
   for (int i = 1; i <= n; i++) {
     const char *name = lua_getupvalue(L, idx, i);
-    if (strcmp(name, "_ENV") == 0 && lua_rawequal(L, -1, e->G)) {
+    if (strcmp(name, "_ENV") == 0 && lua_istable(L, -1)) {
       put_byte(e, UV_ENV);
-      env = 1;
-      lua_pop(L, 1);
+      if (env == 0) env = lua_gettop(L);
+      else lua_pop(L, 1);
       continue;
     }
     lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
@@ -524,8 +531,32 @@ static int put_upvalues(enc *e, int idx, lua_Integer fid) {
   return env;
 }
 
-/* Writes the captured globals named in the entry at `entry` that this message lacks so far. */
-static void put_globals(enc *e, int entry) {
+/* env[key] with metamethods, run under lua_pcall. */
+static int env_get(lua_State *L) {
+  lua_gettable(L, 1);
+  return 1;
+}
+
+/* Pushes env[name] (name on top, consumed): raw for the globals table, else with metamethods
+** (an environment that falls back to _G); an error there reads as nil. */
+static void get_global(enc *e, int env) {
+  lua_State *L = e->L;
+  if (lua_rawequal(L, env, e->G)) {
+    lua_rawget(L, env);
+    return;
+  }
+  lua_pushcfunction(L, env_get);
+  lua_pushvalue(L, env);
+  lua_rotate(L, -3, 2);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
+/* Writes the captured globals named in the entry at `entry` that this message lacks so far,
+** reading them from the environment table at env. */
+static void put_globals(enc *e, int entry, int env) {
   lua_State *L = e->L;
   for (lua_Integer i = 2; lua_rawgeti(L, entry, i) == LUA_TSTRING; i++) {
     int name = lua_gettop(L);
@@ -539,7 +570,8 @@ static void put_globals(enc *e, int entry) {
     lua_pushboolean(L, 1);
     lua_rawset(L, e->caps);
     lua_pushvalue(L, name);
-    if (lua_rawget(L, e->G) != LUA_TNIL) {
+    get_global(e, env);
+    if (!lua_isnil(L, -1)) {
       size_t n;
       const char *s = lua_tolstring(L, name, &n);
       put_byte(e, 1);
@@ -554,6 +586,8 @@ static void put_globals(enc *e, int entry) {
   put_byte(e, 0);
 }
 
+/* Writes the function at idx: a back reference, a module reference, or its record (secret,
+** bytecode with debug info, upvalues, captured globals). Unnamed C functions are an error. */
 static void encode_function(enc *e, int idx) {
   lua_State *L = e->L;
   if (put_seen_ref(e, idx)) return;
@@ -561,6 +595,12 @@ static void encode_function(enc *e, int idx) {
   if (lua_iscfunction(L, idx))
     fail(e, "cannot send a C function that is not reachable from package.loaded");
   enter(e);
+  if (lua_isnil(L, e->upv)) {
+    lua_newtable(L);
+    lua_replace(L, e->upv);
+    lua_newtable(L);
+    lua_replace(L, e->caps);
+  }
   lua_Integer fid = mark(e, idx);
   put_byte(e, T_FUNC);
   put_u64(e, lmp__codec_secret());
@@ -571,14 +611,16 @@ static void encode_function(enc *e, int idx) {
   const char *chunk = lua_tolstring(L, -1, &n);
   put_str(e, chunk, n);
   lua_pop(L, 1);
-  if (put_upvalues(e, idx, fid)) put_globals(e, entry);
+  int env = put_upvalues(e, idx, fid);
+  if (env) put_globals(e, entry, env);
   else put_byte(e, 0);
-  lua_pop(L, 1);
+  lua_settop(L, entry - 1);
   e->depth--;
 }
 
 /* ---- userdata and dispatch ---- */
 
+/* Writes the userdata at idx as a module reference or through its __lmp_encode hook. */
 static void encode_userdata(enc *e, int idx) {
   lua_State *L = e->L;
   if (put_seen_ref(e, idx)) return;
@@ -594,6 +636,7 @@ static void encode_userdata(enc *e, int idx) {
   e->depth--;
 }
 
+/* Writes an integer (zigzag varint) or a float (raw IEEE bits), keeping the subtype. */
 static void encode_number(enc *e, int idx) {
   if (lua_isinteger(e->L, idx)) {
     uint64_t u = (uint64_t)lua_tointeger(e->L, idx);
@@ -608,6 +651,7 @@ static void encode_number(enc *e, int idx) {
   }
 }
 
+/* Writes the value at idx (an absolute index) by its type. */
 static void encode_value(enc *e, int idx) {
   lua_State *L = e->L;
   size_t n;
@@ -643,6 +687,8 @@ static void push_fcache(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
 }
 
+/* Sets up the per-message tables on the stack, writes the header and the value, and pops
+** everything it pushed. */
 void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, const char *root) {
   enc e;
   idx = lua_absindex(L, idx);
@@ -657,9 +703,9 @@ void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, cons
   if (!lua_checkstack(L, 24)) fail(&e, "Lua stack overflow");
   lua_newtable(L);
   e.seen = lua_gettop(L);
-  lua_newtable(L);
+  lua_pushnil(L); /* upv and caps are made by the first function */
   e.upv = lua_gettop(L);
-  lua_newtable(L);
+  lua_pushnil(L);
   e.caps = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.G = lua_gettop(L);
