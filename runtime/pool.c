@@ -30,8 +30,10 @@
 
 #define POOL_MT "lmp.PoolCore"
 #define FNCACHE_MAX 512 /* distinct task functions remembered before the cache is reset */
+#define FNHASH 1024     /* slots of the function cache (twice FNCACHE_MAX) */
 
 typedef struct fnent {
+  uint64_t hash;
   uint32_t id;
   int refs;        /* tasks using it, +1 while it is in the cache */
   size_t len;
@@ -69,8 +71,8 @@ typedef struct worker {
   lmp_buf out;
   size_t outpos;
   tqueue inflight;     /* sent, in order; the head is running */
-  uint32_t *known;     /* fn ids this worker has loaded */
-  int nknown, capknown;
+  uint8_t *known;      /* bit set of the fn ids this worker has loaded */
+  size_t capknown;     /* bytes of known */
   long sent;           /* tasks sent, for maxtasksperchild */
   int events;          /* what the poll handle watches */
   int eof, reaped, exitcode, overdue, quitting, ready;
@@ -84,9 +86,8 @@ typedef struct pool {
   uint64_t next_id;
   uint32_t next_fnid;
   int handler;         /* registry ref: the Lua handler */
-  int fncache;         /* registry ref: closure -> fnent (light userdata), weak keys */
+  fnent *fnhash[FNHASH]; /* cached functions by the hash of their message (open addressing) */
   int nfn;             /* entries in the cache */
-  fnent **fns;         /* every cached fnent, for reset */
   char *init;          /* codec message for worker start (initializer...) */
   size_t initlen;
   long maxtasks;
@@ -112,7 +113,6 @@ static void dispatch(pool *p);
 static void pool_maybe_free(pool *p);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *h);
-static int new_fncache(lua_State *L);
 
 /* ---- tasks and queues ---- */
 
@@ -208,9 +208,22 @@ static void deliver(pool *p, lua_State *L, delivery *d) {
 /* ---- writing ---- */
 
 static int worker_knows(worker *w, uint32_t id) {
-  for (int i = 0; i < w->nknown; i++)
-    if (w->known[i] == id) return 1;
-  return 0;
+  return (size_t)(id >> 3) < w->capknown && (w->known[id >> 3] >> (id & 7)) & 1;
+}
+
+/* Records that w has loaded function id (if memory allows; else it is simply sent again). */
+static void worker_learns(worker *w, uint32_t id) {
+  size_t need = (size_t)(id >> 3) + 1;
+  if (need > w->capknown) {
+    size_t cap = w->capknown ? w->capknown : 64;
+    while (cap < need) cap *= 2;
+    uint8_t *k = realloc(w->known, cap);
+    if (k == NULL) return;
+    memset(k + w->capknown, 0, cap - w->capknown);
+    w->known = k;
+    w->capknown = cap;
+  }
+  w->known[id >> 3] |= (uint8_t)(1u << (id & 7));
 }
 
 static void set_events(worker *w) {
@@ -262,16 +275,7 @@ static int send_task(worker *w, task *t) {
   if (put_frame(w, F_TASK, head, sizeof head, sendfn ? t->fn->msg : NULL,
                 sendfn ? t->fn->len : 0, t->args, t->arglen) != 0)
     return -1;
-  if (sendfn) {
-    if (w->nknown == w->capknown) {
-      int cap = w->capknown ? w->capknown * 2 : 8;
-      uint32_t *k = realloc(w->known, (size_t)cap * sizeof *k);
-      if (k == NULL) return 0; /* it will simply be sent again */
-      w->known = k;
-      w->capknown = cap;
-    }
-    w->known[w->nknown++] = t->fn->id;
-  }
+  if (sendfn) worker_learns(w, t->fn->id);
   return 0;
 }
 
@@ -653,7 +657,10 @@ static void handle_closed(uv_handle_t *h) {
 }
 
 static void fncache_reset(pool *p) {
-  for (int i = 0; i < p->nfn; i++) fn_release(p->fns[i]);
+  for (int i = 0; i < FNHASH; i++) {
+    fn_release(p->fnhash[i]);
+    p->fnhash[i] = NULL;
+  }
   p->nfn = 0;
 }
 
@@ -662,7 +669,6 @@ static void pool_maybe_free(pool *p) {
   task *t;
   while ((t = q_pop(&p->queue)) != NULL) task_free(t);
   fncache_reset(p);
-  free(p->fns);
   free(p->w);
   free(p->init);
   free(p);
@@ -715,7 +721,6 @@ static int pool_gc(lua_State *L) {
     worker_retire(p, w);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, p->handler);
-  luaL_unref(L, LUA_REGISTRYINDEX, p->fncache);
   p->closes += 2;
   uv_close((uv_handle_t *)&p->timer, handle_closed);
   uv_close((uv_handle_t *)&p->prepare, handle_closed);
@@ -752,7 +757,6 @@ static int l_pool_new(lua_State *L) {
   p->lp = lmp_loop_get(L);
   lua_pushvalue(L, 1);
   p->handler = luaL_ref(L, LUA_REGISTRYINDEX);
-  p->fncache = new_fncache(L);
   uv_timer_init(&p->lp->uv, &p->timer);
   p->timer.data = p;
   uv_prepare_init(&p->lp->uv, &p->prepare);
@@ -771,60 +775,53 @@ static int l_pool_new(lua_State *L) {
   return 1;
 }
 
-/* A fresh weak-keyed table for the closure cache. */
-static int new_fncache(lua_State *L) {
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  return luaL_ref(L, LUA_REGISTRYINDEX);
+/* FNV-1a over a function's message: the cache key. */
+static uint64_t fnv1a(const char *s, size_t n) {
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+  return h;
 }
 
 /* Forgets every cached function, here and in the workers. */
-static void fncache_clear(lua_State *L, pool *p) {
+static void fncache_clear(pool *p) {
   fncache_reset(p);
-  luaL_unref(L, LUA_REGISTRYINDEX, p->fncache);
-  p->fncache = new_fncache(L);
   for (int i = 0; i < p->n; i++) {
     worker *w = p->w[i];
     if (!worker_alive(w)) continue;
     put_frame(w, F_FORGET, NULL, 0, NULL, 0, NULL, 0);
-    w->nknown = 0;
+    if (w->known) memset(w->known, 0, w->capknown);
   }
 }
 
-/* The function entry for the closure at idx. The closure is encoded every time and compared
-** with what was sent before, so a changed upvalue or captured global makes a new entry. */
+/* The function entry for the closure at idx. The closure is encoded every time and looked up
+** by content: the same code with the same upvalues and captured globals is the same entry
+** (even as a new closure object), a changed upvalue makes a new one. */
 static fnent *fn_for(lua_State *L, pool *p, int idx) {
   lmp_buf *box = lua_newuserdatauv(L, sizeof *box, 0); /* freed by __gc if encoding raises */
   memset(box, 0, sizeof *box);
   luaL_setmetatable(L, "lmp.Buf");
   lmp_encode_buf(L, idx, box, NULL);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->fncache);
-  lua_pushvalue(L, idx);
-  lua_rawget(L, -2);
-  fnent *f = lua_touserdata(L, -1);
-  lua_pop(L, 2);
-  if (f == NULL || f->len != box->len || memcmp(f->msg, box->p, box->len) != 0) {
-    if (p->nfn >= FNCACHE_MAX) fncache_clear(L, p);
-    if (p->nfn % 64 == 0) {
-      fnent **a = realloc(p->fns, (size_t)(p->nfn + 64) * sizeof *a);
-      if (a == NULL) luaL_error(L, "not enough memory");
-      p->fns = a;
+  uint64_t h = fnv1a(box->p, box->len);
+  size_t slot = (size_t)h & (FNHASH - 1);
+  fnent *f;
+  while ((f = p->fnhash[slot]) != NULL) {
+    if (f->hash == h && f->len == box->len && memcmp(f->msg, box->p, box->len) == 0) break;
+    slot = (slot + 1) & (FNHASH - 1);
+  }
+  if (f == NULL) {
+    if (p->nfn >= FNCACHE_MAX) {
+      fncache_clear(p);
+      slot = (size_t)h & (FNHASH - 1);
     }
     f = malloc(sizeof *f + box->len);
     if (f == NULL) luaL_error(L, "not enough memory");
+    f->hash = h;
     f->id = ++p->next_fnid;
     f->refs = 1; /* the cache's */
     f->len = box->len;
     memcpy(f->msg, box->p, box->len);
-    p->fns[p->nfn++] = f;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->fncache);
-    lua_pushvalue(L, idx);
-    lua_pushlightuserdata(L, f);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
+    p->fnhash[slot] = f;
+    p->nfn++;
   }
   lmp_buf_free(box);
   lua_pop(L, 1); /* the box */

@@ -4,6 +4,7 @@
 local core = require "lmp.core"
 local errors = require "lmp.errors"
 local process = require "lmp.process"
+local pool = require "lmp.pool"
 
 local mp = {}
 
@@ -43,8 +44,11 @@ function mp.sleep(seconds)
   core.sleep(seconds)
 end
 
+-- Pool ---------------------------------------------------------------------------------------
+mp.Pool = pool.Pool
+mp.AsyncResult = pool.AsyncResult
+
 -- The event loop, for hosts ------------------------------------------------------------------
-mp._callbacks = 0 -- callbacks run so far (the pool counts them)
 
 --- Processes ready events and runs pending callbacks without blocking, or waits up to
 --- timeout seconds for something to happen. Returns how many callbacks ran.
@@ -52,9 +56,9 @@ function mp.poll(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     errors.argerror("poll", 1, "non-negative number or nil expected")
   end
-  local before = mp._callbacks
+  local before = pool.callbacks_run
   core.run_once(timeout or 0)
-  return mp._callbacks - before
+  return pool.callbacks_run - before
 end
 
 -- Start methods ------------------------------------------------------------------------------
