@@ -25,7 +25,10 @@ typedef struct enc {
   lmp_buf *out;
   lmp_fdvec *fds;
   const char *root;
-  int seen;   /* object -> ref id */
+  int seen;   /* light userdata (object address) -> ref id, made when `few` is full */
+  int nfew;   /* objects numbered so far while they fit in `few` */
+  int seenslot; /* the stack slot kept for `seen` */
+  const void *few[8];
   int upv;    /* upvalue id (light userdata) -> function id * 256 + upvalue index */
   int caps;   /* global name -> true once captured in this message */
   int G;      /* the globals table */
@@ -158,25 +161,47 @@ static void put_str(enc *e, const char *s, size_t n) {
 
 /* ---- references ---- */
 
+/* Objects already numbered are found by address: the first few in a small array (most
+** messages have a handful of tables), the rest in a Lua table made when the array is full.
+** Addresses are stable because every object stays reachable while it is encoded. */
+
 /* Writes a T_REF when the object at idx was already sent; returns 1 then. */
 static int put_seen_ref(enc *e, int idx) {
   lua_State *L = e->L;
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, e->seen) == LUA_TNIL) {
+  const void *p = lua_topointer(L, idx);
+  lua_Integer id = -1;
+  for (int i = 0; i < e->nfew; i++)
+    if (e->few[i] == p) {
+      id = i;
+      break;
+    }
+  if (id < 0 && e->seen) {
+    lua_pushlightuserdata(L, (void *)p);
+    if (lua_rawget(L, e->seen) != LUA_TNIL) id = lua_tointeger(L, -1);
     lua_pop(L, 1);
-    return 0;
   }
+  if (id < 0) return 0;
   put_byte(e, T_REF);
-  put_varint(e, (uint64_t)lua_tointeger(L, -1));
-  lua_pop(L, 1);
+  put_varint(e, (uint64_t)id);
   return 1;
 }
 
 /* Gives the object at idx the next ref id (the decoder numbers objects in the same order). */
 static lua_Integer mark(enc *e, int idx) {
-  lua_pushvalue(e->L, idx);
-  lua_pushinteger(e->L, e->nref);
-  lua_rawset(e->L, e->seen);
+  lua_State *L = e->L;
+  const void *p = lua_topointer(L, idx);
+  if (e->nfew < 8 && e->nref == e->nfew) {
+    e->few[e->nfew++] = p;
+    return e->nref++;
+  }
+  if (!e->seen) {
+    lua_createtable(L, 0, 32);
+    lua_replace(L, e->seenslot);
+    e->seen = e->seenslot;
+  }
+  lua_pushlightuserdata(L, (void *)p);
+  lua_pushinteger(L, e->nref);
+  lua_rawset(L, e->seen);
   return e->nref++;
 }
 
@@ -466,9 +491,26 @@ static void scan_globals(lua_State *L, int entry, const char *chunk, size_t n) {
   lua_pop(L, 1);
 }
 
+/* Pushes the weak-keyed closure cache, creating it on first use. */
+static void push_fcache(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
+}
+
 /* Pushes the cache entry {bytecode, global names...} of the Lua function at idx. */
 static void push_fentry(enc *e, int idx) {
   lua_State *L = e->L;
+  if (lua_isnil(L, e->fcache)) {
+    push_fcache(L);
+    lua_replace(L, e->fcache);
+  }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->fcache) == LUA_TTABLE) return;
   lua_pop(L, 1);
@@ -674,18 +716,6 @@ static void encode_value(enc *e, int idx) {
   }
 }
 
-/* Pushes the weak-keyed closure cache, creating it on first use. */
-static void push_fcache(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE) == LUA_TTABLE) return;
-  lua_pop(L, 1);
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
-}
 
 /* Sets up the per-message tables on the stack, writes the header and the value, and pops
 ** everything it pushed. */
@@ -701,15 +731,17 @@ void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, cons
   e.depth = e.nframe = 0;
   e.have_rev = 0;
   if (!lua_checkstack(L, 24)) fail(&e, "Lua stack overflow");
-  lua_newtable(L);
-  e.seen = lua_gettop(L);
+  lua_pushnil(L);
+  e.seenslot = lua_gettop(L);
+  e.seen = 0;
+  e.nfew = 0;
   lua_pushnil(L); /* upv and caps are made by the first function */
   e.upv = lua_gettop(L);
   lua_pushnil(L);
   e.caps = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.G = lua_gettop(L);
-  push_fcache(L);
+  lua_pushnil(L); /* the closure cache, fetched by the first function */
   e.fcache = lua_gettop(L);
   lua_pushnil(L);
   e.rev = lua_gettop(L);

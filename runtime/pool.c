@@ -88,6 +88,8 @@ typedef struct pool {
   int handler;         /* registry ref: the Lua handler */
   fnent *fnhash[FNHASH]; /* cached functions by the hash of their message (open addressing) */
   int nfn;             /* entries in the cache */
+  int snaps;           /* registry ref: closure -> snapshot (weak keys), see fn_for */
+  lmp_buf scratch;     /* encoding space, reused by every submit */
   char *init;          /* codec message for worker start (initializer...) */
   size_t initlen;
   long maxtasks;
@@ -102,6 +104,7 @@ typedef struct pool {
   uv_timer_t timer;    /* overdue-task check */
   uv_prepare_t prepare;/* flushes coalesced writes before the loop blocks */
   int timer_on;
+  int since_pump;      /* submits since the loop last ran from submit */
   long timeouts;       /* tasks with a timeout in flight */
 } pool;
 
@@ -113,6 +116,7 @@ static void dispatch(pool *p);
 static void pool_maybe_free(pool *p);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *h);
+static int new_weak_table(lua_State *L);
 
 /* ---- tasks and queues ---- */
 
@@ -413,7 +417,11 @@ static void on_result(pool *p, worker *w, const char *f, size_t len) {
 /* Reads what is there and handles every complete frame. Returns 0 at EOF or error. */
 static int drain(pool *p, worker *w) {
   for (;;) {
-    if (w->inpos == w->in.len) w->in.len = w->inpos = 0;
+    if (w->inpos > 0) { /* keep only the partial frame, at the start */
+      memmove(w->in.p, w->in.p + w->inpos, w->in.len - w->inpos);
+      w->in.len -= w->inpos;
+      w->inpos = 0;
+    }
     if (lmp_buf_reserve(&w->in, 65536) != 0) return 0;
     ssize_t n = recv(w->fd, w->in.p + w->in.len, w->in.cap - w->in.len, 0);
     if (n < 0 && errno == EINTR) continue;
@@ -422,6 +430,7 @@ static int drain(pool *p, worker *w) {
     } else if (n > 0) {
       w->in.len += (size_t)n;
     }
+    int more = n > 0 && (size_t)n == w->in.cap - (w->in.len - (size_t)n); /* filled: maybe more */
     /* every complete frame */
     while (w->in.len - w->inpos >= FRAME_HEAD) {
       uint32_t flen = get_u32(w->in.p + w->inpos);
@@ -445,7 +454,7 @@ static int drain(pool *p, worker *w) {
     }
     if (w->inpos > 0 && w->inpos == w->in.len) w->in.len = w->inpos = 0;
     if (w->eof) return 0;
-    if (n < 0) return 1; /* EAGAIN: all read */
+    if (n < 0 || !more) return 1; /* EAGAIN or a short read: all there was */
   }
 }
 
@@ -579,8 +588,8 @@ static int pick(pool *p) {
 static void tune_window(pool *p) {
   if (p->avg == 0 || p->avg > 0.005) p->window = 2;
   else if (p->avg > 0.0005) p->window = 8;
-  else p->window = 64;
-  if (p->window < 1) p->window = 1;
+  else if (p->avg > 0.0001) p->window = 64;
+  else p->window = 256;
 }
 
 static void dispatch(pool *p) {
@@ -602,7 +611,7 @@ static void dispatch(pool *p) {
     if (idle) t->started = now;
     if (t->timeout > 0) p->timeouts++;
     /* an idle worker gets its task now; busy ones get theirs in one write later */
-    if (idle || w->out.len - w->outpos > 65536) flush(w);
+    if (idle || w->out.len - w->outpos > 16384) flush(w);
   }
   if (p->state == CLOSE && p->queue.n == 0) {
     for (int i = 0; i < p->n; i++) {
@@ -669,6 +678,7 @@ static void pool_maybe_free(pool *p) {
   task *t;
   while ((t = q_pop(&p->queue)) != NULL) task_free(t);
   fncache_reset(p);
+  lmp_buf_free(&p->scratch);
   free(p->w);
   free(p->init);
   free(p);
@@ -721,6 +731,7 @@ static int pool_gc(lua_State *L) {
     worker_retire(p, w);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, p->handler);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->snaps);
   p->closes += 2;
   uv_close((uv_handle_t *)&p->timer, handle_closed);
   uv_close((uv_handle_t *)&p->prepare, handle_closed);
@@ -757,6 +768,7 @@ static int l_pool_new(lua_State *L) {
   p->lp = lmp_loop_get(L);
   lua_pushvalue(L, 1);
   p->handler = luaL_ref(L, LUA_REGISTRYINDEX);
+  p->snaps = new_weak_table(L);
   uv_timer_init(&p->lp->uv, &p->timer);
   p->timer.data = p;
   uv_prepare_init(&p->lp->uv, &p->prepare);
@@ -782,9 +794,21 @@ static uint64_t fnv1a(const char *s, size_t n) {
   return h;
 }
 
+/* A fresh weak-keyed table (for the closure snapshots). */
+static int new_weak_table(lua_State *L) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 /* Forgets every cached function, here and in the workers. */
-static void fncache_clear(pool *p) {
+static void fncache_clear(lua_State *L, pool *p) {
   fncache_reset(p);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->snaps); /* snapshots point into the cache */
+  p->snaps = new_weak_table(L);
   for (int i = 0; i < p->n; i++) {
     worker *w = p->w[i];
     if (!worker_alive(w)) continue;
@@ -793,24 +817,118 @@ static void fncache_clear(pool *p) {
   }
 }
 
-/* The function entry for the closure at idx. The closure is encoded every time and looked up
-** by content: the same code with the same upvalues and captured globals is the same entry
-** (even as a new closure object), a changed upvalue makes a new one. */
+/* A snapshot lets a closure skip encoding when it is submitted again unchanged:
+**   {fnent, nup, upvalue 1..nup, name1, value1, name2, value2...}
+** It is made only when every upvalue and captured global is a value whose identity says it
+** all: nil, a boolean, number or string, the globals table as _ENV, or a module (sent by
+** reference). A table or a function sent by value may have changed inside, so a closure
+** holding one is encoded at every submit. */
+static int snap_value_ok(lua_State *L, int v, int rev) {
+  int t = lua_type(L, v);
+  if (t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING) return 1;
+  lua_pushvalue(L, v);
+  int is_module = lua_rawget(L, rev) != LUA_TNIL;
+  lua_pop(L, 1);
+  return is_module;
+}
+
+/* Makes the snapshot of the closure at idx, encoded as f, if it qualifies. */
+static void snap_make(lua_State *L, pool *p, int idx, fnent *f) {
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int G = lua_gettop(L);
+  lmp__codec_revmap(L);
+  int rev = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) != LUA_TTABLE) goto out; /* the codec's {bytecode, names...} */
+  int entry = lua_gettop(L);
+  lua_newtable(L);
+  int snap = lua_gettop(L);
+  lua_pushlightuserdata(L, f);
+  lua_rawseti(L, snap, 1);
+  int nup = 0, k = 3;
+  const char *name;
+  while ((name = lua_getupvalue(L, idx, nup + 1)) != NULL) {
+    nup++;
+    int ok = (strcmp(name, "_ENV") == 0) ? lua_rawequal(L, -1, G) : snap_value_ok(L, lua_gettop(L), rev);
+    if (!ok) goto out;
+    lua_rawseti(L, snap, k++);
+  }
+  lua_pushinteger(L, nup);
+  lua_rawseti(L, snap, 2);
+  for (lua_Integer i = 2; lua_rawgeti(L, entry, i) == LUA_TSTRING; i++) {
+    lua_pushvalue(L, -1);
+    lua_rawget(L, G);
+    if (!snap_value_ok(L, lua_gettop(L), rev)) goto out;
+    lua_rawseti(L, snap, k + 1);
+    lua_rawseti(L, snap, k);
+    k += 2;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->snaps);
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, snap);
+  lua_rawset(L, -3);
+out:
+  lua_settop(L, top);
+}
+
+/* The entry of the closure at idx if its snapshot still holds, else NULL. */
+static fnent *snap_check(lua_State *L, pool *p, int idx) {
+  int top = lua_gettop(L);
+  fnent *f = NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->snaps);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) != LUA_TTABLE) goto out;
+  int snap = lua_gettop(L);
+  lua_rawgeti(L, snap, 2);
+  int nup = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  for (int i = 1; i <= nup; i++) {
+    if (lua_getupvalue(L, idx, i) == NULL) goto out;
+    lua_rawgeti(L, snap, 2 + i);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!same) goto out;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int G = lua_gettop(L);
+  for (int k = 3 + nup; lua_rawgeti(L, snap, k) == LUA_TSTRING; k += 2) {
+    lua_rawget(L, G);
+    lua_rawgeti(L, snap, k + 1);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!same) goto out;
+  }
+  lua_rawgeti(L, snap, 1);
+  f = lua_touserdata(L, -1);
+out:
+  lua_settop(L, top);
+  return f;
+}
+
+/* The function entry for the closure at idx. Unless its snapshot says nothing changed, the
+** closure is encoded and looked up by content: the same code with the same upvalues and
+** captured globals is the same entry (even as a new closure object), a changed upvalue makes
+** a new one. */
 static fnent *fn_for(lua_State *L, pool *p, int idx) {
-  lmp_buf *box = lua_newuserdatauv(L, sizeof *box, 0); /* freed by __gc if encoding raises */
-  memset(box, 0, sizeof *box);
-  luaL_setmetatable(L, "lmp.Buf");
+  fnent *f = snap_check(L, p, idx);
+  if (f != NULL) {
+    f->refs++;
+    return f;
+  }
+  lmp_buf *box = &p->scratch; /* an encoding error leaves it partial: reset here */
+  box->len = 0;
   lmp_encode_buf(L, idx, box, NULL);
   uint64_t h = fnv1a(box->p, box->len);
   size_t slot = (size_t)h & (FNHASH - 1);
-  fnent *f;
   while ((f = p->fnhash[slot]) != NULL) {
     if (f->hash == h && f->len == box->len && memcmp(f->msg, box->p, box->len) == 0) break;
     slot = (slot + 1) & (FNHASH - 1);
   }
   if (f == NULL) {
     if (p->nfn >= FNCACHE_MAX) {
-      fncache_clear(p);
+      fncache_clear(L, p);
       slot = (size_t)h & (FNHASH - 1);
     }
     f = malloc(sizeof *f + box->len);
@@ -823,10 +941,29 @@ static fnent *fn_for(lua_State *L, pool *p, int idx) {
     p->fnhash[slot] = f;
     p->nfn++;
   }
-  lmp_buf_free(box);
-  lua_pop(L, 1); /* the box */
+  if (lua_type(L, idx) == LUA_TFUNCTION && !lua_iscfunction(L, idx)) snap_make(L, p, idx, f);
   f->refs++;
   return f;
+}
+
+/* Protected encoding of the arguments: on an error the function reference taken for the
+** task is given back before the error goes on. */
+static int pencode_args(lua_State *L) {
+  lmp_buf *box = lua_touserdata(L, 2);
+  lmp__encode_named(L, 1, box, NULL, lua_tostring(L, 3));
+  return 0;
+}
+
+static void encode_args(lua_State *L, int idx, lmp_buf *box, const char *root,
+                                      fnent *f) {
+  lua_pushcfunction(L, pencode_args);
+  lua_pushvalue(L, idx);
+  lua_pushlightuserdata(L, box);
+  lua_pushstring(L, root);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    fn_release(f);
+    lua_error(L);
+  }
 }
 
 /* submit(kind, fn, args [, timeout [, retries [, hold]]]) -> task id. Raises
@@ -845,13 +982,6 @@ static int l_submit(lua_State *L) {
   if (p->broken)
     return lmp_raise(L, "ProcessError",
                      "pool is broken: its workers die before they are ready (does the initializer fail?)");
-  lmp_buf *box = lua_newuserdatauv(L, sizeof *box, 0);
-  memset(box, 0, sizeof *box);
-  luaL_setmetatable(L, "lmp.Buf");
-  int boxi = lua_gettop(L);
-  lua_pushvalue(L, 4);
-  lmp__encode_named(L, lua_gettop(L), box, NULL, kind == K_APPLY ? "args" : "chunk");
-  lua_pop(L, 1);
   fnent *f;
   if (ref != NULL) {
     f = *ref;
@@ -859,6 +989,9 @@ static int l_submit(lua_State *L) {
   } else {
     f = fn_for(L, p, 3);
   }
+  lmp_buf *box = &p->scratch; /* the function is done with it */
+  box->len = 0;
+  encode_args(L, 4, box, kind == K_APPLY ? "args" : "chunk", f);
   task *t = malloc(sizeof *t + box->len);
   if (t == NULL) {
     fn_release(f);
@@ -872,13 +1005,17 @@ static int l_submit(lua_State *L) {
   t->retries = retries > 0 ? retries : 0;
   t->arglen = box->len;
   memcpy(t->args, box->p, box->len);
-  lmp_buf_free(box);
-  lua_settop(L, boxi - 1);
   if (hold) {
     q_push(&p->held, t);
   } else {
     q_push(&p->queue, t);
     dispatch(p);
+    /* a long run of submits: let results in and more tasks out now and then, so the
+    ** workers are not idle while the caller is still submitting */
+    if (++p->since_pump >= 32 && p->queue.n > 0) {
+      p->since_pump = 0;
+      lmp_loop_run_nowait(L);
+    }
   }
   lua_pushinteger(L, (lua_Integer)t->id);
   return 1;
@@ -935,6 +1072,19 @@ static int l_release(lua_State *L) {
   }
   if (commit) dispatch(p);
   return 0;
+}
+
+/* queued(id) -> true while the task waits for a worker (it has not started). */
+static int l_queued(lua_State *L) {
+  pool *p = checkpool(L);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
+  for (task *t = p->queue.head; t; t = t->next)
+    if (t->id == id) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  lua_pushboolean(L, 0);
+  return 1;
 }
 
 static int l_close(lua_State *L) {
@@ -1018,7 +1168,7 @@ void lmp__open_pool(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"submit", l_submit}, {"cancel", l_cancel}, {"close", l_close},
         {"terminate", l_terminate}, {"join", l_join}, {"stats", l_stats},
-        {"pump", l_pump}, {"release", l_release}, {"fn", l_fn}, {NULL, NULL}};
+        {"pump", l_pump}, {"release", l_release}, {"fn", l_fn}, {"queued", l_queued}, {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, pool_gc);

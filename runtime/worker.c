@@ -43,8 +43,7 @@ static int flush_out(wstate *w) {
 
 /* Reads more input (blocking); returns bytes read, 0 at EOF, -1 on error. */
 static ssize_t fill_in(wstate *w) {
-  if (w->pos > 0 && w->pos == w->in.len) w->in.len = w->pos = 0;
-  if (w->pos > (1u << 20) && w->pos * 2 > w->in.len) { /* compact */
+  if (w->pos > 0) { /* keep only the partial frame, at the start */
     memmove(w->in.p, w->in.p + w->pos, w->in.len - w->pos);
     w->in.len -= w->pos;
     w->pos = 0;

@@ -16,7 +16,7 @@ mp.Error = errors.Error
 mp.iserror = errors.iserror
 
 -- Codec ------------------------------------------------------------------------------------
-function mp.encode(v) return core.encode(v) end
+function mp.encode(v, root) return core.encode(v, root) end
 function mp.decode(s)
   if type(s) ~= "string" then errors.argerror("decode", 1, "string expected, got " .. type(s)) end
   return core.decode(s)

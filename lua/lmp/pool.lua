@@ -69,16 +69,17 @@ end
 
 -- AsyncResult --------------------------------------------------------------------------------
 
+-- A result for one task (_id) or for a job's tasks (_job).
 local function new_result(pool, callback, error_callback)
   return setmetatable({ _pool = pool, _done = false, _callback = callback,
-                        _error_callback = error_callback, _ids = {} }, AsyncResult)
+                        _error_callback = error_callback }, AsyncResult)
 end
 
 --- Settles a result: ok with a packed table of values, or failed with an error object.
 function AsyncResult:_settle(ok, value)
   if self._done then return end
   self._done, self._ok, self._value = true, ok, value
-  for id in pairs(self._ids) do self._pool._pending[id] = nil end
+  if self._id then self._pool._pending[self._id] = nil end
   if ok and self._callback then
     run_callback(self, "callback", self._callback, unpack(value, 1, value.n))
   elseif not ok and self._error_callback then
@@ -94,6 +95,7 @@ function AsyncResult:successful()
 end
 
 function AsyncResult:wait(timeout)
+  if self._done then return true end
   check_timeout(timeout, "wait", 1)
   return wait_until(function() return self._done end, timeout)
 end
@@ -101,8 +103,13 @@ end
 --- Returns the task's values, or raises its error (RemoteError, WorkerLostError...) or a
 --- TimeoutError when timeout seconds pass first (the task goes on).
 function AsyncResult:get(timeout)
-  check_timeout(timeout, "get", 1)
-  if not wait_until(function() return self._done end, timeout) then
+  if not self._done then
+    check_timeout(timeout, "get", 1)
+    if timeout == nil then
+      repeat core.wait_event(-1) until self._done
+    end
+  end
+  if not self._done and not wait_until(function() return self._done end, timeout) then
     errors.raise("TimeoutError", ("result not ready after %g s"):format(timeout))
   end
   if not self._ok then error(self._value, 2) end
@@ -113,8 +120,13 @@ end
 function AsyncResult:cancel()
   if self._done then return false end
   local core_pool = self._pool._core
-  for id in pairs(self._ids) do
-    if not core_pool:cancel(id) then return false end
+  if self._id then
+    if not core_pool:cancel(self._id) then return false end
+  elseif self._job then
+    for id in pairs(self._job.ids) do -- all or nothing: a started chunk keeps the job going
+      if not core_pool:queued(id) then return false end
+    end
+    self._job:cancel()
   end
   self:_settle(false, errors.new("ValueError", "the task was cancelled"))
   self.cancelled = true
@@ -193,14 +205,15 @@ local function check_function(f, fname)
   end
 end
 
+local NOARGS = { n = 0 }
+
+-- The arguments as sent: the table itself (the worker honours `n`, else uses #args).
 local function pack_args(args, fname, n)
-  if args == nil then return { n = 0 } end
+  if args == nil then return NOARGS end
   if type(args) ~= "table" then
     errors.argerror(fname, n, "args must be a table (a sequence), got " .. type(args))
   end
-  local cnt = math.type(args.n) == "integer" and args.n or #args
-  if args.n == cnt then return args end
-  return { n = cnt, unpack(args, 1, cnt) }
+  return args
 end
 
 local function positive_int(v, what)
@@ -295,8 +308,7 @@ function Pool:apply_async(f, args, a, b)
   check_timeout(timeout, "apply_async", 3)
   local res = new_result(self, callback, error_callback)
   local rec = { result = res }
-  local id = self:_submit(K_APPLY, f, pack_args(args, "apply_async", 2), rec, timeout)
-  res._ids[id] = true
+  res._id = self:_submit(K_APPLY, f, pack_args(args, "apply_async", 2), rec, timeout)
   return res
 end
 
@@ -440,7 +452,7 @@ function Pool:_map_async(fname, kind, f, seq, a, b, c)
   end
   self:_submit_chunks(job, kind, f, seq, n, opts.chunksize or default_chunksize(n, self.processes),
     opts.timeout)
-  for id in pairs(job.ids) do res._ids[id] = true end
+  res._job = job
   return res
 end
 
