@@ -584,11 +584,12 @@ static int pick(pool *p) {
   return best;
 }
 
-/* A worker's share of queued tasks: many small ones go together, long ones one by one. */
+/* A worker's share of queued tasks: many small ones go together (fewer wake-ups), long or
+** unknown ones one by one (balance, and cancel() works until a worker takes the task). */
 static void tune_window(pool *p) {
-  if (p->avg == 0 || p->avg > 0.005) p->window = 2;
-  else if (p->avg > 0.0005) p->window = 8;
-  else if (p->avg > 0.0001) p->window = 64;
+  if (p->avg == 0 || p->avg > 0.005) p->window = 1; /* unknown or slow: one at a time */
+  else if (p->avg > 0.0005) p->window = 4;
+  else if (p->avg > 0.0001) p->window = 32;
   else p->window = 256;
 }
 
@@ -764,7 +765,7 @@ static int l_pool_new(lua_State *L) {
   p->initlen = initlen;
   p->n = n;
   p->maxtasks = maxtasks;
-  p->window = 2;
+  p->window = 1;
   p->lp = lmp_loop_get(L);
   lua_pushvalue(L, 1);
   p->handler = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -1,8 +1,8 @@
 /*
 ** worker.c — a pool worker's serving loop: read task frames from the parent's socket, run
 ** them in this process's fresh Lua state, write result frames back.
-** Reads drain every complete frame per wake-up and results are written in one go when no
-** more input is ready (coalescing under load, no delay when idle). Task functions are
+** Reads drain every complete frame per wake-up; a result is written before the next task
+** starts, so no result waits for a slow task and none is lost when a task crashes. Task functions are
 ** cached by the id the parent gives them, so a closure sent a thousand times is loaded once.
 ** Caveats: blocking I/O only — the worker has no event loop; it leaves on EOF or QUIT.
 */
@@ -179,7 +179,9 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
     lua_setfield(L, base + 1, "n");
     return RES_OK;
   }
-  lua_Integer n = luaL_len(L, args);
+  lua_Integer n = (lua_getfield(L, args, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
+                                                               : luaL_len(L, args);
+  lua_pop(L, 1);
   lua_createtable(L, (int)n, 1);
   int res = lua_gettop(L);
   for (lua_Integer i = 1; i <= n; i++) {
@@ -281,6 +283,13 @@ static int l_serve(lua_State *L) {
       size_t plen = flen - 1;
       w.pos += 4 + (size_t)flen;
       if (type == F_TASK) {
+        /* Results are written before the next task starts: once a task is running, every
+        ** result before it is in the parent's socket buffer, so a crash of this task can
+        ** neither lose them nor be blamed on them. */
+        if (w.out.len > 0 && flush_out(&w) != 0) {
+          quit = 2;
+          break;
+        }
         uint64_t id = plen >= 8 ? get_u64(p) : 0;
         lua_settop(L, 0);
         lua_pushcfunction(L, ptask);
@@ -304,7 +313,6 @@ static int l_serve(lua_State *L) {
         lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);
       }
       if (quit) break;
-      if (w.out.len > (1u << 16) && flush_out(&w) != 0) quit = 2;
     }
     if (quit) break;
     if (w.out.len > 0 && flush_out(&w) != 0) break;

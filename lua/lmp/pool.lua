@@ -381,6 +381,7 @@ function Pool:_submit_chunks(job, kind, f, seq, n, chunksize, timeout)
     for start = 1, n, chunksize do
       local count = math.min(chunksize, n - start + 1)
       local chunk = table.move(seq, start, start + count - 1, 1, {})
+      chunk.n = count -- nil items count too
       local rec = { job = job, start = start, count = count }
       local pok, perr = pcall(self._submit, self, kind, fref, chunk, rec, timeout, true)
       if not pok then error(item_path_error(perr, start), 0) end
@@ -471,6 +472,7 @@ local function reader(seq, fname)
       if pos >= n then return 0 end
       local count = math.min(k, n - pos)
       local chunk = table.move(seq, pos + 1, pos + count, 1, {})
+      chunk.n = count
       pos = pos + count
       return count, chunk
     end, n
@@ -484,7 +486,8 @@ local function reader(seq, fname)
         if v == nil then finished = true break end
         chunk[i] = v
       end
-      return #chunk, chunk
+      chunk.n = #chunk
+      return chunk.n, chunk
     end, nil
   end
   errors.argerror(fname, 2, "a sequence (table) or an iterator function expected, got " .. type(seq))
