@@ -113,7 +113,28 @@ static void push_env(dec *d) {
 
 /* Reads a table record: numbered before its contents, so references to it inside resolve;
 ** the metatable is set last so filling the table triggers no metamethod. */
-static void decode_table(dec *d) {
+/* Reads narr raw 8-byte numbers into t[1..narr] (T_TABLE_I / T_TABLE_F). */
+static void get_number_array(dec *d, int t, uint64_t narr, int kind) {
+  lua_State *L = d->L;
+  if (narr > remaining(d) / 8) bad(d, "array larger than the message");
+  const unsigned char *p = (const unsigned char *)d->p;
+  if (!lua_checkstack(L, 2)) bad(d, "Lua stack overflow");
+  for (uint64_t i = 1; i <= narr; i++, p += 8) {
+    uint64_t u = 0;
+    for (int b = 0; b < 8; b++) u |= (uint64_t)p[b] << (8 * b);
+    if (kind == T_TABLE_I) {
+      lua_pushinteger(L, (lua_Integer)u);
+    } else {
+      lua_Number x;
+      memcpy(&x, &u, 8);
+      lua_pushnumber(L, x);
+    }
+    lua_rawseti(L, t, (lua_Integer)i);
+  }
+  d->p += narr * 8;
+}
+
+static void decode_table(dec *d, int kind) {
   lua_State *L = d->L;
   enter(d);
   uint64_t narr = get_varint(d);
@@ -122,9 +143,13 @@ static void decode_table(dec *d) {
   lua_createtable(L, narr > (1u << 24) ? (1 << 24) : (int)narr, 0);
   int t = lua_gettop(L);
   add_ref(d);
-  for (uint64_t i = 1; i <= narr; i++) {
-    decode_value(d);
-    lua_rawseti(L, t, (lua_Integer)i);
+  if (kind != T_TABLE) {
+    get_number_array(d, t, narr, kind);
+  } else {
+    for (uint64_t i = 1; i <= narr; i++) {
+      decode_value(d);
+      lua_rawseti(L, t, (lua_Integer)i);
+    }
   }
   uint64_t nhash = get_fixed(d, 4);
   if (nhash > remaining(d) / 2) bad(d, "table larger than the message");
@@ -294,7 +319,8 @@ static void decode_value(dec *d) {
   size_t n;
   const char *s;
   lua_Number x;
-  switch (get_byte(d)) {
+  int tag = get_byte(d);
+  switch (tag) {
     case T_NIL: lua_pushnil(L); break;
     case T_FALSE: lua_pushboolean(L, 0); break;
     case T_TRUE: lua_pushboolean(L, 1); break;
@@ -311,7 +337,9 @@ static void decode_value(dec *d) {
       s = get_str(d, &n);
       lua_pushlstring(L, s, n);
       break;
-    case T_TABLE: decode_table(d); break;
+    case T_TABLE:
+    case T_TABLE_I:
+    case T_TABLE_F: decode_table(d, tag); break;
     case T_REF: push_ref(d, get_varint(d)); break;
     case T_FUNC: decode_function(d); break;
     case T_GLOBALS: lua_pushvalue(L, d->G); break;

@@ -947,32 +947,45 @@ static fnent *fn_for(lua_State *L, pool *p, int idx) {
   return f;
 }
 
-/* Protected encoding of the arguments: on an error the function reference taken for the
-** task is given back before the error goes on. */
+/* Protected encoding of the arguments (args at 1, or seq at 1 with first and count at 4, 5):
+** on an error the function reference taken for the task is given back before the error
+** goes on. */
 static int pencode_args(lua_State *L) {
   lmp_buf *box = lua_touserdata(L, 2);
-  lmp__encode_named(L, 1, box, NULL, lua_tostring(L, 3));
+  if (lua_isnoneornil(L, 4))
+    lmp__encode_named(L, 1, box, NULL, lua_tostring(L, 3));
+  else
+    lmp__encode_range(L, 1, lua_tointeger(L, 4), lua_tointeger(L, 5), box, lua_tostring(L, 3));
   return 0;
 }
 
-static void encode_args(lua_State *L, int idx, lmp_buf *box, const char *root,
-                                      fnent *f) {
+static void encode_args(lua_State *L, int idx, lmp_buf *box, const char *root, fnent *f,
+                        lua_Integer first, lua_Integer count) {
   lua_pushcfunction(L, pencode_args);
   lua_pushvalue(L, idx);
   lua_pushlightuserdata(L, box);
   lua_pushstring(L, root);
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+  int nargs = 3;
+  if (count >= 0) {
+    lua_pushinteger(L, first);
+    lua_pushinteger(L, count);
+    nargs = 5;
+  }
+  if (lua_pcall(L, nargs, 0, 0) != LUA_OK) {
     fn_release(f);
     lua_error(L);
   }
 }
 
-/* submit(kind, fn, args [, timeout [, retries [, hold]]]) -> task id. Raises
-** SerializationError (nothing is sent) when fn or args cannot be encoded. A held task waits
-** for release(true) (queued) or release(false) (dropped). */
+/* submit(kind, fn, args [, timeout [, retries [, hold [, first, count]]]]) -> task id.
+** Raises SerializationError (nothing is sent) when fn or args cannot be encoded. A held task
+** waits for release(true) (queued) or release(false) (dropped). With first and count, the
+** task's arguments are args[first..first+count-1] as an array with n = count (a map chunk,
+** encoded straight from the input table). */
 static int l_submit(lua_State *L) {
   pool *p = checkpool(L);
   int kind = (int)luaL_checkinteger(L, 2);
+  lua_Integer first = luaL_optinteger(L, 8, 1), count = luaL_optinteger(L, 9, -1);
   fnent **ref = luaL_testudata(L, 3, "lmp.FnRef");
   if (ref == NULL) luaL_checktype(L, 3, LUA_TFUNCTION);
   luaL_checktype(L, 4, LUA_TTABLE);
@@ -992,7 +1005,7 @@ static int l_submit(lua_State *L) {
   }
   lmp_buf *box = &p->scratch; /* the function is done with it */
   box->len = 0;
-  encode_args(L, 4, box, kind == K_APPLY ? "args" : "chunk", f);
+  encode_args(L, 4, box, kind == K_APPLY ? "args" : "seq", f, first, count);
   task *t = malloc(sizeof *t + box->len);
   if (t == NULL) {
     fn_release(f);

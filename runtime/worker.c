@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "codec.h"
 #include "frame.h"
 #include "lmp_int.h"
 
@@ -23,6 +24,7 @@ typedef struct wstate {
   size_t pos;      /* consumed prefix of in */
   lmp_buf out;     /* result frames not yet written */
   long done;       /* tasks finished */
+  lua_Integer range; /* >= 0: the value being sent is a chunk's results, of this length */
   long maxtasks;   /* leave after this many (0: never) */
 } wstate;
 
@@ -106,7 +108,10 @@ static void result_end(wstate *w, size_t at) {
 ** becomes an RES_UNENCODABLE result with the codec's message). Pops the value. */
 static int encode_top(lua_State *L) {
   wstate *w = lua_touserdata(L, 2);
-  lmp_encode_buf(L, 1, &w->out, NULL);
+  if (w->range >= 0) /* a chunk's results: an array of known length, no table walk */
+    lmp__encode_range(L, 1, 1, w->range, &w->out, "result");
+  else
+    lmp_encode_buf(L, 1, &w->out, NULL);
   return 0;
 }
 
@@ -241,7 +246,14 @@ static void do_task(lua_State *L, wstate *w, const char *p, size_t len) {
   lmp_decode(L, argmsg, arglen, NULL, 0);
   uint32_t index = 0;
   int status = run_task(L, kind, &index); /* the result (or error info) on top */
+  w->range = -1;
+  if (status == RES_OK && kind != K_APPLY) {
+    lua_getfield(L, -1, "n");
+    w->range = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
   send_result(L, w, id, status, index);
+  w->range = -1;
   lua_settop(L, 0);
   fflush(stdout); /* what the task printed reaches the parent's stdout now */
   w->done++;
@@ -259,7 +271,8 @@ static int ptask(lua_State *L) {
 /* serve(fd, maxtasks): the worker's loop; returns when the parent says QUIT, closes the
 ** socket, or maxtasks tasks are done. */
 static int l_serve(lua_State *L) {
-  wstate w = {.fd = (int)luaL_checkinteger(L, 1), .maxtasks = (long)luaL_optinteger(L, 2, 0)};
+  wstate w = {.fd = (int)luaL_checkinteger(L, 1), .maxtasks = (long)luaL_optinteger(L, 2, 0),
+              .range = -1};
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);
   char ready[FRAME_HEAD];

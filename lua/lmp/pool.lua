@@ -279,9 +279,11 @@ function Pool:_check_running(fname)
   end
 end
 
--- Submits one task; returns its id.
-function Pool:_submit(kind, fn, args, rec, timeout, hold)
-  local id = self._core:submit(kind, fn, args, timeout or self._timeout, self._retries, hold)
+-- Submits one task; returns its id. With first and count, the arguments are the slice
+-- args[first..first+count-1] of an input sequence (a map chunk, encoded without a copy).
+function Pool:_submit(kind, fn, args, rec, timeout, hold, first, count)
+  local id = self._core:submit(kind, fn, args, timeout or self._timeout, self._retries, hold,
+    first, count)
   rec.id = id
   self._pending[id] = rec
   return id
@@ -380,11 +382,8 @@ function Pool:_submit_chunks(job, kind, f, seq, n, chunksize, timeout)
   local ok, err = pcall(function()
     for start = 1, n, chunksize do
       local count = math.min(chunksize, n - start + 1)
-      local chunk = table.move(seq, start, start + count - 1, 1, {})
-      chunk.n = count -- nil items count too
       local rec = { job = job, start = start, count = count }
-      local pok, perr = pcall(self._submit, self, kind, fref, chunk, rec, timeout, true)
-      if not pok then error(item_path_error(perr, start), 0) end
+      self:_submit(kind, fref, seq, rec, timeout, true, start, count)
       job.ids[rec.id] = true
       job.chunks = job.chunks + 1
     end
