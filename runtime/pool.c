@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -76,6 +77,7 @@ typedef struct worker {
   long sent;           /* tasks sent, for maxtasksperchild */
   int events;          /* what the poll handle watches */
   int eof, reaped, exitcode, overdue, quitting, ready;
+  lmp_ring *ring;      /* its results ring (frame.h), shared with the worker */
 } worker;
 
 typedef struct pool {
@@ -102,7 +104,10 @@ typedef struct pool {
   tqueue held;         /* encoded, not yet queued (a map's chunks before the last is encoded) */
   double avg;          /* moving average of task durations (s) */
   uv_timer_t timer;    /* overdue-task check */
-  uv_prepare_t prepare;/* flushes coalesced writes before the loop blocks */
+  uv_prepare_t prepare;/* before the loop blocks: flush writes, read the rings */
+  uv_check_t check;    /* after it woke: workers need not announce results any more */
+  uv_idle_t idle;      /* keeps the loop from blocking when results were just read */
+  lmp_buf ringcopy;    /* a frame that wraps around the end of a ring, made whole */
   int timer_on;
   int since_pump;      /* submits since the loop last ran from submit */
   long timeouts;       /* tasks with a timeout in flight */
@@ -297,6 +302,7 @@ static int worker_accepts(pool *p, worker *w) {
 static void worker_closed(uv_handle_t *h) {
   worker *w = (worker *)h;
   pool *p = w->pool;
+  if (w->ring) munmap(w->ring, RING_BYTES);
   lmp_buf_free(&w->in);
   lmp_buf_free(&w->out);
   free(w->known);
@@ -332,6 +338,8 @@ static int pspawn(lua_State *L) {
   lua_setfield(L, -2, "maxtasks");
   lua_pushlstring(L, p->init, p->initlen);
   lua_setfield(L, -2, "init");
+  lua_pushinteger(L, (lua_Integer)(intptr_t)w->ring);
+  lua_setfield(L, -2, "ring");
   lmp_encode(L, -1);
   size_t n;
   const char *payload = lua_tolstring(L, -1, &n);
@@ -354,6 +362,11 @@ static int spawn_worker(pool *p, lua_State *L, int s) {
   w->slot = s;
   w->fd = sv[0];
   w->number = ++worker_counter;
+  void *ring = mmap(NULL, RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (ring != MAP_FAILED) { /* without it, results simply all go through the socket */
+    w->ring = ring;
+    w->ring->size = RING_DATA;
+  }
   int sz = 1 << 20;
   setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
   setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
@@ -370,9 +383,12 @@ static int spawn_worker(pool *p, lua_State *L, int s) {
   if (pid <= 0) {
     lmp_fd_disown(sv[0]);
     close(sv[0]);
+    if (w->ring) munmap(w->ring, RING_BYTES);
     free(w);
     return -1;
   }
+  /* the worker has its ring now; children forked later need not inherit it */
+  if (w->ring) madvise(w->ring, RING_BYTES, MADV_DONTFORK);
   w->pid = pid;
   fcntl(w->fd, F_SETFL, fcntl(w->fd, F_GETFL) | O_NONBLOCK);
   uv_poll_init(&p->lp->uv, &w->poll, w->fd);
@@ -414,7 +430,53 @@ static void on_result(pool *p, worker *w, const char *f, size_t len) {
   deliver(p, p->lp->L, &d);
 }
 
-/* Reads what is there and handles every complete frame. Returns 0 at EOF or error. */
+/* Handles one frame from w (socket or ring): flen counts the type byte and the payload. */
+static void handle_frame(pool *p, worker *w, const char *fr, uint32_t flen) {
+  if (fr[4] == F_RESULT) {
+    on_result(p, w, fr + FRAME_HEAD, flen - 1);
+  } else if (fr[4] == F_READY) {
+    w->ready = 1;
+    p->init_failures = 0;
+  } /* F_WAKE: only a wake-up, the ring is read below */
+}
+
+/* Handles the frames the worker committed to its ring; returns how many. */
+static int drain_ring(pool *p, worker *w) {
+  lmp_ring *r = w->ring;
+  if (r == NULL) return 0;
+  int n = 0;
+  for (;;) {
+    uint64_t tail = r->tail, head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+    if (head - tail < FRAME_HEAD) break;
+    char lenb[4];
+    for (int i = 0; i < 4; i++) lenb[i] = r->data[(tail + (uint64_t)i) % r->size];
+    uint32_t flen = get_u32(lenb);
+    if (flen < 1 || 4 + (uint64_t)flen > head - tail) { /* the worker writes whole frames */
+      kill(w->pid, SIGKILL);
+      r->tail = head;
+      break;
+    }
+    size_t at = (size_t)(tail % r->size), total = 4 + (size_t)flen;
+    const char *fr = r->data + at;
+    if (at + total > r->size) { /* wraps around: make it whole */
+      p->ringcopy.len = 0;
+      if (lmp_buf_reserve(&p->ringcopy, total) != 0) break;
+      memcpy(p->ringcopy.p, r->data + at, r->size - at);
+      memcpy(p->ringcopy.p + (r->size - at), r->data, total - (r->size - at));
+      fr = p->ringcopy.p;
+    }
+    /* the space is given back before the frame is handled: a callback may do anything */
+    if (fr != r->data + at) __atomic_store_n(&r->tail, tail + total, __ATOMIC_RELEASE);
+    handle_frame(p, w, fr, flen);
+    if (fr == r->data + at) __atomic_store_n(&r->tail, tail + total, __ATOMIC_RELEASE);
+    n++;
+    if (p->w[w->slot] != w) break; /* retired by a callback */
+  }
+  return n;
+}
+
+/* Reads what is there and handles every complete frame, then the ring's. Returns 0 at EOF or
+** on error. */
 static int drain(pool *p, worker *w) {
   for (;;) {
     if (w->inpos > 0) { /* keep only the partial frame, at the start */
@@ -445,17 +507,15 @@ static int drain(pool *p, worker *w) {
       }
       const char *fr = w->in.p + w->inpos;
       w->inpos += 4 + (size_t)flen;
-      if (fr[4] == F_RESULT) on_result(p, w, fr + FRAME_HEAD, flen - 1);
-      else if (fr[4] == F_READY) {
-        w->ready = 1;
-        p->init_failures = 0;
-      }
+      handle_frame(p, w, fr, flen);
       if (p->w[w->slot] != w) return 0; /* retired by a callback */
     }
     if (w->inpos > 0 && w->inpos == w->in.len) w->in.len = w->inpos = 0;
-    if (w->eof) return 0;
-    if (n < 0 || !more) return 1; /* EAGAIN or a short read: all there was */
+    if (w->eof) break;
+    if (n < 0 || !more) break; /* EAGAIN or a short read: all there was */
   }
+  drain_ring(p, w);
+  return !w->eof;
 }
 
 static void on_poll(uv_poll_t *h, int status, int events) {
@@ -630,12 +690,37 @@ static void dispatch(pool *p) {
   }
 }
 
-/* Before the loop blocks: write everything coalesced so far. */
+static void on_idle(uv_idle_t *h) { uv_idle_stop(h); }
+
+/* Before the loop blocks: write everything coalesced so far, read the rings, and tell the
+** workers to announce what comes next (then look once more, so nothing slips between). When
+** results were read, the loop must not block this time: the idle handle sees to that. */
 static void on_prepare(uv_prepare_t *h) {
   pool *p = h->data;
+  int got = 0;
   for (int i = 0; i < p->n; i++) {
     worker *w = p->w[i];
     if (w && w->outpos < w->out.len) flush(w);
+    if (w && p->w[i] == w) got += drain_ring(p, w);
+  }
+  for (int i = 0; i < p->n && !got; i++) {
+    worker *w = p->w[i];
+    if (!w || !w->ring) continue;
+    __atomic_store_n(&w->ring->parent_waiting, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&w->ring->head, __ATOMIC_SEQ_CST) != w->ring->tail) got += drain_ring(p, w);
+  }
+  if (got) {
+    dispatch(p);
+    uv_idle_start(&p->idle, on_idle);
+  }
+}
+
+/* After the loop woke up: the parent is busy, workers need not announce results. */
+static void on_check(uv_check_t *h) {
+  pool *p = h->data;
+  for (int i = 0; i < p->n; i++) {
+    worker *w = p->w[i];
+    if (w && w->ring) __atomic_store_n(&w->ring->parent_waiting, 0, __ATOMIC_RELAXED);
   }
 }
 
@@ -680,6 +765,7 @@ static void pool_maybe_free(pool *p) {
   while ((t = q_pop(&p->queue)) != NULL) task_free(t);
   fncache_reset(p);
   lmp_buf_free(&p->scratch);
+  lmp_buf_free(&p->ringcopy);
   free(p->w);
   free(p->init);
   free(p);
@@ -733,9 +819,11 @@ static int pool_gc(lua_State *L) {
   }
   luaL_unref(L, LUA_REGISTRYINDEX, p->handler);
   luaL_unref(L, LUA_REGISTRYINDEX, p->snaps);
-  p->closes += 2;
+  p->closes += 4;
   uv_close((uv_handle_t *)&p->timer, handle_closed);
   uv_close((uv_handle_t *)&p->prepare, handle_closed);
+  uv_close((uv_handle_t *)&p->check, handle_closed);
+  uv_close((uv_handle_t *)&p->idle, handle_closed);
   if (!p->lp->running && !p->lp->closed) uv_run(&p->lp->uv, UV_RUN_NOWAIT);
   return 0;
 }
@@ -776,6 +864,13 @@ static int l_pool_new(lua_State *L) {
   p->prepare.data = p;
   uv_prepare_start(&p->prepare, on_prepare);
   uv_unref((uv_handle_t *)&p->prepare);
+  uv_check_init(&p->lp->uv, &p->check);
+  p->check.data = p;
+  uv_check_start(&p->check, on_check);
+  uv_unref((uv_handle_t *)&p->check);
+  uv_idle_init(&p->lp->uv, &p->idle);
+  p->idle.data = p;
+  uv_unref((uv_handle_t *)&p->idle);
   b->p = p;
   p->lp->active++;
   for (int i = 0; i < n; i++) {

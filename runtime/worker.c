@@ -25,6 +25,7 @@ typedef struct wstate {
   lmp_buf out;     /* result frames not yet written */
   long done;       /* tasks finished */
   lua_Integer range; /* >= 0: the value being sent is a chunk's results, of this length */
+  lmp_ring *ring;  /* results go here when they fit (frame.h) */
   long maxtasks;   /* leave after this many (0: never) */
 } wstate;
 
@@ -41,6 +42,36 @@ static int flush_out(wstate *w) {
   }
   w->out.len = 0;
   return 0;
+}
+
+/* Commits the result frames in out: into the ring when they fit (announced with a WAKE only
+** if the parent is about to sleep), else through the socket. Returns -1 when the parent is
+** gone. */
+static int commit(wstate *w) {
+  lmp_ring *r = w->ring;
+  size_t n = w->out.len;
+  if (n == 0) return 0;
+  if (r != NULL) {
+    uint64_t head = r->head;
+    uint64_t tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
+    if (r->size - (head - tail) >= n) {
+      size_t at = (size_t)(head % r->size), first = r->size - at;
+      if (first > n) first = n;
+      memcpy(r->data + at, w->out.p, first);
+      memcpy(r->data, w->out.p + first, n - first);
+      __atomic_store_n(&r->head, head + n, __ATOMIC_SEQ_CST);
+      w->out.len = 0;
+      if (__atomic_load_n(&r->parent_waiting, __ATOMIC_SEQ_CST)) {
+        char wake[FRAME_HEAD];
+        put_u32(wake, 1);
+        wake[4] = F_WAKE;
+        if (lmp_buf_add(&w->out, wake, sizeof wake) != 0) return -1;
+        return flush_out(w);
+      }
+      return 0;
+    }
+  }
+  return flush_out(w);
 }
 
 /* Reads more input (blocking); returns bytes read, 0 at EOF, -1 on error. */
@@ -268,11 +299,12 @@ static int ptask(lua_State *L) {
   return 0;
 }
 
-/* serve(fd, maxtasks): the worker's loop; returns when the parent says QUIT, closes the
+/* serve(fd, maxtasks [, ring]): the worker's loop; returns when the parent says QUIT, closes the
 ** socket, or maxtasks tasks are done. */
 static int l_serve(lua_State *L) {
   wstate w = {.fd = (int)luaL_checkinteger(L, 1), .maxtasks = (long)luaL_optinteger(L, 2, 0),
-              .range = -1};
+              .range = -1,
+              .ring = (lmp_ring *)(intptr_t)luaL_optinteger(L, 3, 0)};
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);
   char ready[FRAME_HEAD];
@@ -299,7 +331,7 @@ static int l_serve(lua_State *L) {
         /* Results are written before the next task starts: once a task is running, every
         ** result before it is in the parent's socket buffer, so a crash of this task can
         ** neither lose them nor be blamed on them. */
-        if (w.out.len > 0 && flush_out(&w) != 0) {
+        if (w.out.len > 0 && commit(&w) != 0) {
           quit = 2;
           break;
         }
@@ -328,11 +360,11 @@ static int l_serve(lua_State *L) {
       if (quit) break;
     }
     if (quit) break;
-    if (w.out.len > 0 && flush_out(&w) != 0) break;
+    if (w.out.len > 0 && commit(&w) != 0) break;
     ssize_t n = fill_in(&w);
     if (n <= 0) break; /* the parent closed the socket or is gone */
   }
-  flush_out(&w);
+  commit(&w);
   lmp_buf_free(&w.in);
   lmp_buf_free(&w.out);
   return 0;
