@@ -10,12 +10,16 @@
 
 #include "codec.h"
 
+#define FEW_REFS 8
+
 typedef struct dec {
   lua_State *L;
   const unsigned char *p, *end;
   const int *fds;
   int nfds, fdindex;
-  int refs;     /* ref id -> object, in the order the encoder numbered them */
+  int refs;     /* ref id -> object beyond FEW_REFS (0 until needed) */
+  int refslot;  /* the stack slot kept for refs */
+  int few0;     /* the first of FEW_REFS stack slots for the first objects */
   lua_Integer nref;
   int G;        /* the receiver's globals */
   int env;      /* the per-message environment (nil until first needed) */
@@ -77,15 +81,30 @@ static void enter(dec *d) {
 }
 
 /* Records the value on top of the stack as the next ref id. */
-static void add_ref(dec *d) {
-  lua_pushvalue(d->L, -1);
-  lua_rawseti(d->L, d->refs, ++d->nref);
+/* Objects are numbered as they are made; T_REF finds them. The first FEW_REFS live in stack
+** slots (most messages have a handful of tables), the rest in a table made when needed. */
+static void set_ref(dec *d, lua_Integer id) {
+  lua_State *L = d->L;
+  if (id <= FEW_REFS) {
+    lua_copy(L, -1, d->few0 + (int)id - 1);
+    return;
+  }
+  if (!d->refs) {
+    lua_createtable(L, 16, 0);
+    lua_replace(L, d->refslot);
+    d->refs = d->refslot;
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->refs, id);
 }
+
+static void add_ref(dec *d) { set_ref(d, ++d->nref); }
 
 /* Pushes the object with ref id id (encoder ids start at 0). */
 static void push_ref(dec *d, uint64_t id) {
   if (id >= (uint64_t)d->nref) bad(d, "reference to an unknown object");
-  lua_rawgeti(d->L, d->refs, (lua_Integer)id + 1);
+  if (id < FEW_REFS) lua_pushvalue(d->L, d->few0 + (int)id);
+  else lua_rawgeti(d->L, d->refs, (lua_Integer)id + 1);
 }
 
 /* Pushes the per-message environment: captured globals over the receiver's globals. */
@@ -306,8 +325,7 @@ static void decode_handle(dec *d) {
     }
   }
   lua_call(L, 1 + (int)nfds, 1);
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, d->refs, id);
+  set_ref(d, id);
 }
 
 /* ---- dispatch ---- */
@@ -367,8 +385,11 @@ void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds)
   d.depth = 0;
   if (!lua_checkstack(L, 24)) bad(&d, "Lua stack overflow");
   int base = lua_gettop(L);
-  lua_newtable(L);
-  d.refs = lua_gettop(L);
+  lua_pushnil(L);
+  d.refslot = lua_gettop(L);
+  d.refs = 0;
+  d.few0 = d.refslot + 1;
+  for (int i = 0; i < FEW_REFS; i++) lua_pushnil(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   d.G = lua_gettop(L);
   lua_pushnil(L);

@@ -79,7 +79,6 @@ end
 function AsyncResult:_settle(ok, value)
   if self._done then return end
   self._done, self._ok, self._value = true, ok, value
-  if self._id then self._pool._pending[self._id] = nil end
   if ok and self._callback then
     run_callback(self, "callback", self._callback, unpack(value, 1, value.n))
   elseif not ok and self._error_callback then
@@ -249,19 +248,20 @@ function M.Pool(opts)
                              initargs = pack_args(opts.initargs, "Pool", 1) }, "initializer")
   local pending = {}
   local function handler(id, status, value, index, pid)
-    local rec = pending[id]
+    local rec = pending[id] -- an AsyncResult, or a chunk record {job=, start=, count=}
     if rec == nil then return end -- cancelled, or its call was given up
     pending[id] = nil
-    if rec.job then
+    local job = rec.job
+    if job then
       if status == "ok" then
-        rec.job:chunk_done(rec, true, value, 0, pid)
+        job:chunk_done(rec, true, value, 0, pid)
       else
-        rec.job:chunk_done(rec, false, { status = status, value = value }, index, pid)
+        job:chunk_done(rec, false, { status = status, value = value }, index, pid)
       end
     elseif status == "ok" then
-      rec.result:_settle(true, value)
+      rec:_settle(true, value)
     else
-      rec.result:_settle(false, failure(status, value, pid, nil))
+      rec:_settle(false, failure(status, value, pid, nil))
     end
   end
   local self = setmetatable({
@@ -297,20 +297,28 @@ local function call_opts(fname, a, b, c)
   return a, b, nil
 end
 
+-- The hot path of the pool: checks cost nothing when the arguments are right.
 function Pool:apply_async(f, args, a, b)
-  self:_check_running("apply_async")
-  check_function(f, "apply_async")
-  local callback, error_callback, timeout = call_opts("apply_async", a, b)
-  if callback ~= nil and type(callback) ~= "function" then
-    errors.argerror("apply_async", 3, "callback must be a function")
+  if self._state ~= "RUN" then self:_check_running("apply_async") end
+  if type(f) ~= "function" then check_function(f, "apply_async") end
+  local callback, error_callback, timeout
+  if a ~= nil or b ~= nil then
+    callback, error_callback, timeout = call_opts("apply_async", a, b)
+    if callback ~= nil and type(callback) ~= "function" then
+      errors.argerror("apply_async", 3, "callback must be a function")
+    end
+    if error_callback ~= nil and type(error_callback) ~= "function" then
+      errors.argerror("apply_async", 4, "error_callback must be a function")
+    end
+    check_timeout(timeout, "apply_async", 3)
   end
-  if error_callback ~= nil and type(error_callback) ~= "function" then
-    errors.argerror("apply_async", 4, "error_callback must be a function")
-  end
-  check_timeout(timeout, "apply_async", 3)
-  local res = new_result(self, callback, error_callback)
-  local rec = { result = res }
-  res._id = self:_submit(K_APPLY, f, pack_args(args, "apply_async", 2), rec, timeout)
+  if args == nil then args = NOARGS
+  elseif type(args) ~= "table" then pack_args(args, "apply_async", 2) end
+  local res = setmetatable({ _pool = self, _done = false, _callback = callback,
+                             _error_callback = error_callback, _id = false }, AsyncResult)
+  local id = self._core:submit(K_APPLY, f, args, timeout or self._timeout, self._retries)
+  res._id = id
+  self._pending[id] = res
   return res
 end
 
