@@ -28,6 +28,7 @@
 #include "frame.h"
 #include "lmp_int.h"
 #include "loop.h"
+#include "result.h"
 
 #define POOL_MT "lmp.PoolCore"
 #define FNCACHE_MAX 512 /* distinct task functions remembered before the cache is reset */
@@ -88,6 +89,7 @@ typedef struct pool {
   uint64_t next_id;
   uint32_t next_fnid;
   int handler;         /* registry ref: the Lua handler */
+  int pending;         /* registry ref: task id -> its AsyncResult or chunk record */
   fnent *fnhash[FNHASH]; /* cached functions by the hash of their message (open addressing) */
   int nfn;             /* entries in the cache */
   int snaps;           /* registry ref: closure -> snapshot (weak keys), see fn_for */
@@ -173,10 +175,24 @@ typedef struct delivery {
   int exitcode;
 } delivery;
 
-/* Protected: decodes the value and calls the handler. */
+/* Protected: finds what waits for the result, decodes the value and settles it: in C when it
+** is an AsyncResult without callbacks that succeeded, else through the Lua handler
+**     handler(id, status, value, index, pid, waiter) */
 static int pdeliver(lua_State *L) {
   pool *p = lua_touserdata(L, 1);
   delivery *d = lua_touserdata(L, 2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->pending);
+  if (lua_rawgeti(L, -1, (lua_Integer)d->id) == LUA_TNIL) return 0; /* cancelled, given up */
+  int waiter = lua_gettop(L);
+  lua_pushnil(L);
+  lua_rawseti(L, waiter - 1, (lua_Integer)d->id);
+  lmp_result *r = luaL_testudata(L, waiter, RESULT_MT);
+  int ok = strcmp(d->status, "ok") == 0;
+  if (r != NULL && ok && !r->callbacks) {
+    lmp_decode(L, d->msg, d->len, NULL, 0);
+    lmp_result_settle(L, waiter, 1);
+    return 0;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler);
   lua_pushinteger(L, (lua_Integer)d->id);
   lua_pushstring(L, d->status);
@@ -193,7 +209,8 @@ static int pdeliver(lua_State *L) {
   }
   lua_pushinteger(L, d->index);
   lua_pushinteger(L, d->pid);
-  lua_call(L, 5, 0);
+  lua_pushvalue(L, waiter);
+  lua_call(L, 6, 0);
   return 0;
 }
 
@@ -818,6 +835,7 @@ static int pool_gc(lua_State *L) {
     worker_retire(p, w);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, p->handler);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->pending);
   luaL_unref(L, LUA_REGISTRYINDEX, p->snaps);
   p->closes += 4;
   uv_close((uv_handle_t *)&p->timer, handle_closed);
@@ -828,13 +846,14 @@ static int pool_gc(lua_State *L) {
   return 0;
 }
 
-/* pool_new(handler, n, init_message, maxtasks) -> pool core */
+/* pool_new(handler, n, init_message, maxtasks, pending) -> pool core */
 static int l_pool_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int n = (int)luaL_checkinteger(L, 2);
   size_t initlen;
   const char *init = luaL_checklstring(L, 3, &initlen);
   lua_Integer maxtasks = luaL_optinteger(L, 4, 0);
+  luaL_checktype(L, 5, LUA_TTABLE);
   luaL_argcheck(L, n >= 1 && n <= 4096, 2, "processes must be between 1 and 4096");
   pbox *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->p = NULL;
@@ -857,6 +876,8 @@ static int l_pool_new(lua_State *L) {
   p->lp = lmp_loop_get(L);
   lua_pushvalue(L, 1);
   p->handler = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 5);
+  p->pending = luaL_ref(L, LUA_REGISTRYINDEX);
   p->snaps = new_weak_table(L);
   uv_timer_init(&p->lp->uv, &p->timer);
   p->timer.data = p;
@@ -1072,53 +1093,49 @@ static void encode_args(lua_State *L, int idx, lmp_buf *box, const char *root, f
   }
 }
 
-/* submit(kind, fn, args [, timeout [, retries [, hold [, first, count]]]]) -> task id.
-** Raises SerializationError (nothing is sent) when fn or args cannot be encoded. A held task
-** waits for release(true) (queued) or release(false) (dropped). With first and count, the
-** task's arguments are args[first..first+count-1] as an array with n = count (a map chunk,
-** encoded straight from the input table). */
-static int l_submit(lua_State *L) {
-  pool *p = checkpool(L);
-  int kind = (int)luaL_checkinteger(L, 2);
-  lua_Integer first = luaL_optinteger(L, 8, 1), count = luaL_optinteger(L, 9, -1);
-  fnent **ref = luaL_testudata(L, 3, "lmp.FnRef");
-  if (ref == NULL) luaL_checktype(L, 3, LUA_TFUNCTION);
-  luaL_checktype(L, 4, LUA_TTABLE);
-  double timeout = luaL_optnumber(L, 5, 0);
-  int retries = (int)luaL_optinteger(L, 6, 0);
-  int hold = lua_toboolean(L, 7);
-  if (p->state != RUN) return lmp_raise(L, "ValueError", "pool is not running");
+/* Encodes and queues a task (or holds it), registering waiter (a stack index) for its result
+** before anything can arrive. Raises SerializationError (nothing is sent) when fn or args
+** cannot be encoded. Returns the task's id. */
+static uint64_t submit_task(lua_State *L, pool *p, int kind, int fnidx, int argidx, double timeout,
+                            int retries, int hold, lua_Integer first, lua_Integer count,
+                            int waiter) {
+  if (p->state != RUN) lmp_raise(L, "ValueError", "pool is not running");
   if (p->broken)
-    return lmp_raise(L, "ProcessError",
-                     "pool is broken: its workers die before they are ready (does the initializer fail?)");
+    lmp_raise(L, "ProcessError",
+              "pool is broken: its workers die before they are ready (does the initializer fail?)");
+  fnent **ref = luaL_testudata(L, fnidx, "lmp.FnRef");
   fnent *f;
   if (ref != NULL) {
     f = *ref;
     f->refs++;
   } else {
-    f = fn_for(L, p, 3);
+    f = fn_for(L, p, fnidx);
   }
   lmp_buf *box = &p->scratch; /* the function is done with it */
   box->len = 0;
-  encode_args(L, 4, box, kind == K_APPLY ? "args" : "seq", f, first, count);
+  encode_args(L, argidx, box, kind == K_APPLY ? "args" : "seq", f, first, count);
   task *t = malloc(sizeof *t + box->len);
   if (t == NULL) {
     fn_release(f);
-    return luaL_error(L, "not enough memory");
+    luaL_error(L, "not enough memory");
   }
   memset(t, 0, sizeof *t);
-  t->id = ++p->next_id;
+  uint64_t id = t->id = ++p->next_id;
   t->fn = f;
   t->kind = (uint8_t)kind;
   t->timeout = timeout > 0 ? timeout : 0;
   t->retries = retries > 0 ? retries : 0;
   t->arglen = box->len;
   memcpy(t->args, box->p, box->len);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->pending);
+  lua_pushvalue(L, waiter);
+  lua_rawseti(L, -2, (lua_Integer)id);
+  lua_pop(L, 1);
   if (hold) {
     q_push(&p->held, t);
   } else {
     q_push(&p->queue, t);
-    dispatch(p);
+    dispatch(p); /* t may be done and freed from here on */
     /* a long run of submits: let results in and more tasks out now and then, so the
     ** workers are not idle while the caller is still submitting */
     if (++p->since_pump >= 32 && p->queue.n > 0) {
@@ -1126,7 +1143,48 @@ static int l_submit(lua_State *L) {
       lmp_loop_run_nowait(L);
     }
   }
-  lua_pushinteger(L, (lua_Integer)t->id);
+  return id;
+}
+
+/* submit(kind, fn, args, timeout, retries, hold, first, count, rec) -> task id.
+** rec (a table) waits for the result: rec.id is set, then the handler gets it. With first
+** and count, the task's arguments are args[first..first+count-1] as an array with n = count
+** (a map chunk, encoded straight from the input table). A held task waits for release(true)
+** (queued) or release(false) (dropped). */
+static int l_submit(lua_State *L) {
+  pool *p = checkpool(L);
+  int kind = (int)luaL_checkinteger(L, 2);
+  if (!luaL_testudata(L, 3, "lmp.FnRef")) luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  double timeout = luaL_optnumber(L, 5, 0);
+  int retries = (int)luaL_optinteger(L, 6, 0);
+  int hold = lua_toboolean(L, 7);
+  lua_Integer first = luaL_optinteger(L, 8, 1), count = luaL_optinteger(L, 9, -1);
+  luaL_checktype(L, 10, LUA_TTABLE);
+  lua_Integer id = (lua_Integer)(p->next_id + 1);
+  lua_pushinteger(L, id);
+  lua_setfield(L, 10, "id");
+  uint64_t got = submit_task(L, p, kind, 3, 4, timeout, retries, hold, first, count, 10);
+  (void)got;
+  lua_pushinteger(L, id);
+  return 1;
+}
+
+/* apply(f, args, timeout, retries, callback, error_callback) -> AsyncResult: the hot path of
+** apply_async, with the result made and registered here. */
+static int l_apply(lua_State *L) {
+  pool *p = checkpool(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  double timeout = luaL_optnumber(L, 4, 0);
+  int retries = (int)luaL_optinteger(L, 5, 0);
+  lua_settop(L, 7);
+  lua_pushnil(L); /* 8: no job */
+  lmp_result *r = lmp_result_push(L, 1, 6, 7, 8);
+  int res = lua_gettop(L);
+  r->id = p->next_id + 1;
+  submit_task(L, p, K_APPLY, 2, 3, timeout, retries, 0, 1, -1, res);
+  lua_settop(L, res);
   return 1;
 }
 
@@ -1160,6 +1218,9 @@ static int l_cancel(lua_State *L) {
       if (p->queue.tail == t) p->queue.tail = prev;
       p->queue.n--;
       task_free(t);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, p->pending);
+      lua_pushnil(L);
+      lua_rawseti(L, -2, (lua_Integer)id);
       lua_pushboolean(L, 1);
       return 1;
     }
@@ -1277,7 +1338,8 @@ void lmp__open_pool(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"submit", l_submit}, {"cancel", l_cancel}, {"close", l_close},
         {"terminate", l_terminate}, {"join", l_join}, {"stats", l_stats},
-        {"pump", l_pump}, {"release", l_release}, {"fn", l_fn}, {"queued", l_queued}, {NULL, NULL}};
+        {"pump", l_pump}, {"release", l_release}, {"fn", l_fn}, {"queued", l_queued},
+        {"apply", l_apply}, {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, pool_gc);

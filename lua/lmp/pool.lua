@@ -13,9 +13,7 @@ local Pool = {}
 Pool.__index = Pool
 Pool.__name = "lmp.Pool"
 
-local AsyncResult = {}
-AsyncResult.__index = AsyncResult
-AsyncResult.__name = "lmp.AsyncResult"
+local AsyncResult = core.AsyncResult -- the C methods, extended below
 
 local K_APPLY, K_MAP, K_STARMAP = core.K_APPLY, core.K_MAP, core.K_STARMAP
 local unpack = table.unpack
@@ -68,64 +66,32 @@ local function run_callback(res, which, fn, ...)
 end
 
 -- AsyncResult --------------------------------------------------------------------------------
+-- A C object (runtime/result.c): get, wait, ready, successful are C methods; a result with
+-- no callbacks that succeeds is settled by the C pool directly. What needs Lua is here.
 
--- A result for one task (_id) or for a job's tasks (_job).
-local function new_result(pool, callback, error_callback)
-  return setmetatable({ _pool = pool, _done = false, _callback = callback,
-                        _error_callback = error_callback }, AsyncResult)
-end
-
---- Settles a result: ok with a packed table of values, or failed with an error object.
-function AsyncResult:_settle(ok, value)
-  if self._done then return end
-  self._done, self._ok, self._value = true, ok, value
-  if ok and self._callback then
-    run_callback(self, "callback", self._callback, unpack(value, 1, value.n))
-  elseif not ok and self._error_callback then
-    run_callback(self, "error_callback", self._error_callback, value)
+--- Settles a result and runs its callback: ok with a packed table of values, or failed with
+--- an error object.
+local function settle(res, ok, value)
+  if not res:_settle(ok, value) then return end
+  local _, _, _, callback, error_callback = res:_parts()
+  if ok and callback then
+    run_callback(res, "callback", callback, unpack(value, 1, value.n))
+  elseif not ok and error_callback then
+    run_callback(res, "error_callback", error_callback, value)
   end
-end
-
-function AsyncResult:ready() return self._done end
-
-function AsyncResult:successful()
-  if not self._done then errors.raise("ValueError", "result is not ready") end
-  return self._ok
-end
-
-function AsyncResult:wait(timeout)
-  if self._done then return true end
-  check_timeout(timeout, "wait", 1)
-  return wait_until(function() return self._done end, timeout)
-end
-
---- Returns the task's values, or raises its error (RemoteError, WorkerLostError...) or a
---- TimeoutError when timeout seconds pass first (the task goes on).
-function AsyncResult:get(timeout)
-  if not self._done then
-    check_timeout(timeout, "get", 1)
-    if timeout == nil then
-      repeat core.wait_event(-1) until self._done
-    end
-  end
-  if not self._done and not wait_until(function() return self._done end, timeout) then
-    errors.raise("TimeoutError", ("result not ready after %g s"):format(timeout))
-  end
-  if not self._ok then error(self._value, 2) end
-  return unpack(self._value, 1, self._value.n)
 end
 
 --- Cancels tasks that have not started; true when the result will never run.
 function AsyncResult:cancel()
-  if self._done then return false end
-  local core_pool = self._pool._core
-  if self._id then
-    if not core_pool:cancel(self._id) then return false end
-  elseif self._job then
-    for id in pairs(self._job.ids) do -- all or nothing: a started chunk keeps the job going
-      if not core_pool:queued(id) then return false end
+  if self:ready() then return false end
+  local core_pool, id, job = self:_parts()
+  if job then
+    for cid in pairs(job.ids) do -- all or nothing: a started chunk keeps the job going
+      if not core_pool:queued(cid) then return false end
     end
-    self._job:cancel()
+    job:cancel()
+  elseif not core_pool:cancel(id) then
+    return false
   end
   self:_settle(false, errors.new("ValueError", "the task was cancelled"))
   self.cancelled = true
@@ -246,29 +212,25 @@ function M.Pool(opts)
   end
   local init = core.encode({ initializer = opts.initializer,
                              initargs = pack_args(opts.initargs, "Pool", 1) }, "initializer")
-  local pending = {}
-  local function handler(id, status, value, index, pid)
-    local rec = pending[id] -- an AsyncResult, or a chunk record {job=, start=, count=}
-    if rec == nil then return end -- cancelled, or its call was given up
-    pending[id] = nil
-    local job = rec.job
-    if job then
+  local pending = {} -- task id -> AsyncResult or chunk record; shared with the C pool
+  local function handler(id, status, value, index, pid, waiter)
+    if type(waiter) == "table" then -- a chunk of a map-like job
       if status == "ok" then
-        job:chunk_done(rec, true, value, 0, pid)
+        waiter.job:chunk_done(waiter, true, value, 0, pid)
       else
-        job:chunk_done(rec, false, { status = status, value = value }, index, pid)
+        waiter.job:chunk_done(waiter, false, { status = status, value = value }, index, pid)
       end
     elseif status == "ok" then
-      rec:_settle(true, value)
+      settle(waiter, true, value)
     else
-      rec:_settle(false, failure(status, value, pid, nil))
+      settle(waiter, false, failure(status, value, pid, nil))
     end
   end
   local self = setmetatable({
     _pending = pending, _state = "RUN", processes = n, _timeout = task_timeout,
     _retries = retries,
   }, Pool)
-  self._core = core.pool_new(handler, n, init, maxtasks or 0)
+  self._core = core.pool_new(handler, n, init, maxtasks or 0, pending)
   return self
 end
 
@@ -279,14 +241,12 @@ function Pool:_check_running(fname)
   end
 end
 
--- Submits one task; returns its id. With first and count, the arguments are the slice
--- args[first..first+count-1] of an input sequence (a map chunk, encoded without a copy).
+-- Submits one task (rec waits for its result: rec.id is set); returns its id. With first
+-- and count, the arguments are the slice args[first..first+count-1] of an input sequence (a
+-- map chunk, encoded without a copy).
 function Pool:_submit(kind, fn, args, rec, timeout, hold, first, count)
-  local id = self._core:submit(kind, fn, args, timeout or self._timeout, self._retries, hold,
-    first, count)
-  rec.id = id
-  self._pending[id] = rec
-  return id
+  return self._core:submit(kind, fn, args, timeout or self._timeout, self._retries, hold,
+    first, count, rec)
 end
 
 local function call_opts(fname, a, b, c)
@@ -314,12 +274,8 @@ function Pool:apply_async(f, args, a, b)
   end
   if args == nil then args = NOARGS
   elseif type(args) ~= "table" then pack_args(args, "apply_async", 2) end
-  local res = setmetatable({ _pool = self, _done = false, _callback = callback,
-                             _error_callback = error_callback, _id = false }, AsyncResult)
-  local id = self._core:submit(K_APPLY, f, args, timeout or self._timeout, self._retries)
-  res._id = id
-  self._pending[id] = res
-  return res
+  return self._core:apply(f, args, timeout or self._timeout, self._retries, callback,
+    error_callback)
 end
 
 function Pool:apply(f, args)
@@ -442,25 +398,30 @@ function Pool:_map_async(fname, kind, f, seq, a, b, c)
   else
     callback, error_callback = a, b
   end
-  local res = new_result(self, callback, error_callback)
+  if callback ~= nil and type(callback) ~= "function" then
+    errors.argerror(fname, 3, "callback must be a function")
+  end
+  if error_callback ~= nil and type(error_callback) ~= "function" then
+    errors.argerror(fname, 4, "error_callback must be a function")
+  end
   local job = new_job(self, n, true)
+  local res = core.result_new(self._core, callback, error_callback, job)
   job.progress = progress_fn(opts.progress)
   job.on_change = function(j)
     if j.err then
       j:cancel()
-      res:_settle(false, j.err)
+      settle(res, false, j.err)
     elseif j.chunks == 0 then
       j.results.n = n
-      res:_settle(true, { n = 1, j.results })
+      settle(res, true, { n = 1, j.results })
     end
   end
   if n == 0 then
-    res:_settle(true, { n = 1, { n = 0 } })
+    settle(res, true, { n = 1, { n = 0 } })
     return res
   end
   self:_submit_chunks(job, kind, f, seq, n, opts.chunksize or default_chunksize(n, self.processes),
     opts.timeout)
-  res._job = job
   return res
 end
 
