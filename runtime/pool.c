@@ -628,6 +628,8 @@ static void worker_lost(pool *p, worker *w) {
     }
   }
   if (p->dead) return;
+  if (p->state == TERMINATE) /* what went back to the queue will never run now */
+    fail_queue(p, L, "the pool was terminated before the task ran", pid, code);
   if (!ready && p->state != TERMINATE && ++p->init_failures >= 3) {
     p->broken = 1;
     fail_queue(p, L, "pool workers die before they are ready (does the initializer fail?)", pid, code);

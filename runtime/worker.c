@@ -193,6 +193,11 @@ static void send_result(lua_State *L, wstate *w, uint64_t id, int status, uint32
   lua_pop(L, 2);
 }
 
+/* Stands in for the task function when a starmap item is not a table of arguments. */
+static int bad_star_item(lua_State *L) {
+  return luaL_error(L, "starmap: each item must be a table of arguments");
+}
+
 /* Runs one task (fn and args on the stack: fn args); leaves the result value on the stack
 ** and returns the status and the failing index for chunks. */
 static int run_task(lua_State *L, int kind, uint32_t *index) {
@@ -227,7 +232,10 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
     if (kind == K_STARMAP) {
       int t = lua_gettop(L);
       nargs = 0;
-      if (lua_istable(L, t)) {
+      if (!lua_istable(L, t)) { /* the call fails at this item, like a task error */
+        lua_settop(L, t - 2);
+        lua_pushcfunction(L, bad_star_item);
+      } else {
         lua_Integer m = (lua_getfield(L, t, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
                                                                  : luaL_len(L, t);
         lua_pop(L, 1);

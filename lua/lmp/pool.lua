@@ -197,6 +197,7 @@ function M.Pool(opts)
   end
   local n = opts.processes or core.cpu_count()
   positive_int(n, "processes")
+  if n > 4096 then errors.argerror("Pool", 1, "processes must be at most 4096, got " .. n) end
   if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
     errors.argerror("Pool", 1, "initializer must be a function")
   end
