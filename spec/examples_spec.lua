@@ -64,7 +64,7 @@ local expected = {
   seed_pool_apply = { "^mainProcess start\nChild start\nProcess num is : 0\nprocess  0 end\n" ..
                       "Process num is : 1\nprocess  1 end\nProcess num is : 2\nprocess  2 end\n" ..
                       "mainProcess done time:[23]%.%d+ s\n$" },
-  seed_pool_apply_async = { "mainProcess start\nChild start\nmainProcess done time:0%.%d+ s\n",
+  seed_pool_apply_async = { "^mainProcess start\nChild start\n", "mainProcess done time:0%.%d+ s\n",
                             "Process num is : 0", "Process num is : 2", "process  2 end" },
 }
 

@@ -4,7 +4,6 @@ local mp = require "lmp"
 
 local function doIt(num)
   print(("Process num is : %s"):format(num))
-  io.stdout:flush()
   mp.sleep(1)
   print(("process  %s end"):format(num))
 end

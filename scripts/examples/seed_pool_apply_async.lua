@@ -4,7 +4,6 @@ local mp = require "lmp"
 
 local function doIt(num)
   print(("Process num is : %s"):format(num))
-  io.stdout:flush()
   mp.sleep(1)
   print(("process  %s end"):format(num))
 end
@@ -15,6 +14,5 @@ local pool = mp.Pool(3)
 print("Child start")
 for i = 0, 2 do pool:apply_async(doIt, { i }) end
 print(("mainProcess done time:%s s"):format(mp.time() - start_time))
-io.stdout:flush()
 pool:close()
 pool:join()

@@ -4,7 +4,6 @@ local mp = require "lmp"
 
 local function long_time_task(name)
   print(("Run task %s (%s)..."):format(name, mp.getpid()))
-  io.stdout:flush()
   local start = mp.time()
   mp.sleep(math.random() * 3)
   local finish = mp.time()
@@ -15,7 +14,6 @@ print(("Parent process %s."):format(mp.getpid()))
 local p = mp.Pool(4)
 for i = 0, 4 do p:apply_async(long_time_task, { i }) end
 print("Waiting for all subprocesses done...")
-io.stdout:flush()
 p:close()
 p:join()
 print("All subprocesses done.")

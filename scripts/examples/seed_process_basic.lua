@@ -4,7 +4,6 @@ local mp = require "lmp"
 
 local function example(name)
   print(("l am a %s"):format(name))
-  io.stdout:flush()
   mp.sleep(2)
   print("end")
 end

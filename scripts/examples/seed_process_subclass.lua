@@ -8,7 +8,6 @@ local function Start(name)
     name = name,
     run = function(self)
       print(("l am a %s"):format(self.name))
-      io.stdout:flush()
       mp.sleep(2)
       print("end")
     end,
