@@ -360,7 +360,7 @@ static int pspawn(lua_State *L) {
   lmp_encode(L, -1);
   size_t n;
   const char *payload = lua_tolstring(L, -1, &n);
-  pid_t pid = lmp_fork_child(L, payload, n, "worker", 1);
+  pid_t pid = lmp_fork_child(L, payload, n, "worker", 1, childfd);
   lua_pushinteger(L, pid);
   return 1;
 }
@@ -379,7 +379,8 @@ static int spawn_worker(pool *p, lua_State *L, int s) {
   w->slot = s;
   w->fd = sv[0];
   w->number = ++worker_counter;
-  void *ring = mmap(NULL, RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void *ring = lmp_start_method_spawn() ? MAP_FAILED /* exec keeps no mapping */
+                : mmap(NULL, RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (ring != MAP_FAILED) { /* without it, results simply all go through the socket */
     w->ring = ring;
     w->ring->size = RING_DATA;

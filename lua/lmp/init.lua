@@ -67,6 +67,7 @@ function mp.set_start_method(method)
   if method ~= "fork" and method ~= "spawn" then
     errors.argerror("set_start_method", 1, "\"fork\" or \"spawn\" expected, got " .. tostring(method))
   end
+  core.set_start_method(method)
   start_method = method
 end
 function mp.get_start_method() return start_method end
