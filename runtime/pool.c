@@ -631,7 +631,10 @@ static void worker_lost(pool *p, worker *w) {
   if (p->dead) return;
   if (p->state == TERMINATE) /* what went back to the queue will never run now */
     fail_queue(p, L, "the pool was terminated before the task ran", pid, code);
-  if (!ready && p->state != TERMINATE && ++p->init_failures >= 3) {
+  /* Workers that die before they are ready, in a row: an initializer that fails (it exits
+  ** with a status) breaks the pool after 3; deaths by signal (a killer outside, a crash) after
+  ** 9, so random kills of fresh workers do not pass for a broken initializer. */
+  if (!ready && p->state != TERMINATE && (p->init_failures += code > 0 ? 3 : 1) >= 9) {
     p->broken = 1;
     fail_queue(p, L, "pool workers die before they are ready (does the initializer fail?)", pid, code);
   }
