@@ -848,7 +848,8 @@ static int pool_gc(lua_State *L) {
   uv_close((uv_handle_t *)&p->prepare, handle_closed);
   uv_close((uv_handle_t *)&p->check, handle_closed);
   uv_close((uv_handle_t *)&p->idle, handle_closed);
-  if (!p->lp->running && !p->lp->closed) uv_run(&p->lp->uv, UV_RUN_NOWAIT);
+  /* memory is freed by the close callbacks, the next time the loop runs: never run it from
+  ** a finalizer, which may be called in the middle of anything */
   return 0;
 }
 

@@ -124,7 +124,7 @@ Job.__index = Job
 
 local function new_job(pool, total, ordered)
   return setmetatable({ pool = pool, total = total, results = {}, done = 0, chunks = 0,
-                        ids = {}, ordered = ordered, ready = {}, err = nil }, Job)
+                        ids = {}, ordered = ordered, ready = {}, nready = 0, err = nil }, Job)
 end
 
 -- A failed chunk keeps the error of the earliest chunk (imap raises it at that position).
@@ -144,8 +144,14 @@ function Job:chunk_done(rec, ok, value, index, pid)
       for k = start, start + rec.count - 1 do filled[k] = true end
     end
     if not self.ordered then
-      local ready = self.ready
-      for i = start, start + rec.count - 1 do ready[#ready + 1] = i end
+      -- ready[1..nready]: arrived indexes in arrival order (consumed ones become nil, so
+      -- the count is kept apart: # is no help on a list with a hole at its start)
+      local ready, nr = self.ready, self.nready
+      for i = start, start + rec.count - 1 do
+        nr = nr + 1
+        ready[nr] = i
+      end
+      self.nready = nr
     end
     self.done = self.done + rec.count
     if self.progress then self.progress(self.done, self.total) end
@@ -514,7 +520,7 @@ function Pool:_imap(fname, f, seq, opts, ordered)
 
   local function next_unordered()
     feed()
-    while rpos > #job.ready do
+    while rpos > job.nready do
       if job.err then raise_err() end
       if exhausted and outstanding == 0 then return nil end
       core.wait_event(-1)
@@ -523,7 +529,7 @@ function Pool:_imap(fname, f, seq, opts, ordered)
     local i = job.ready[rpos]
     job.ready[rpos] = nil
     rpos = rpos + 1
-    if rpos > #job.ready then job.ready, rpos = {}, 1 end
+    if rpos > job.nready then job.ready, job.nready, rpos = {}, 0, 1 end
     outstanding = outstanding - 1
     local v = job.results[i]
     job.results[i], job.filled[i] = nil, nil
