@@ -19,6 +19,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -196,7 +199,14 @@ static int pdeliver(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler);
   lua_pushinteger(L, (lua_Integer)d->id);
   lua_pushstring(L, d->status);
-  if (d->msg) {
+  if (r == NULL && ok && lua_getfield(L, waiter, "into") == LUA_TTABLE) {
+    /* a chunk of a map: its results go straight into place; the handler gets true */
+    lua_getfield(L, waiter, "start");
+    lmp__decode_into(L, d->msg, d->len, -2, lua_tointeger(L, -1));
+    lua_pop(L, 2);
+    lua_pushboolean(L, 1);
+  } else if (d->msg) {
+    if (r == NULL && ok) lua_pop(L, 1); /* the "into" field that was not a table */
     lmp_decode(L, d->msg, d->len, NULL, 0);
   } else {
     lua_createtable(L, 0, 3);
@@ -792,6 +802,10 @@ static void pool_maybe_free(pool *p) {
   free(p->w);
   free(p->init);
   free(p);
+#ifdef __GLIBC__
+  /* a busy pool leaves much freed memory behind: give it back, so later forks copy less */
+  malloc_trim(0);
+#endif
 }
 
 /* ---- Lua interface ---- */

@@ -193,9 +193,44 @@ static void send_result(lua_State *L, wstate *w, uint64_t id, int status, uint32
   lua_pop(L, 2);
 }
 
-/* Stands in for the task function when a starmap item is not a table of arguments. */
-static int bad_star_item(lua_State *L) {
-  return luaL_error(L, "starmap: each item must be a table of arguments");
+typedef struct chunkrun {
+  int kind;
+  lua_Integer i; /* the item being run: the failing one when the chunk raises */
+} chunkrun;
+
+/* Protected (stack: fn args chunkrun): runs fn over args[1..n] into a new table {n = n} left
+** on the stack. One protected call for the whole chunk, not one per item. */
+static int pchunk(lua_State *L) {
+  chunkrun *c = lua_touserdata(L, 3);
+  lua_settop(L, 2);
+  int fn = 1, args = 2;
+  lua_Integer n = (lua_getfield(L, args, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
+                                                               : luaL_len(L, args);
+  lua_pop(L, 1);
+  lua_createtable(L, (int)n, 1);
+  int res = lua_gettop(L);
+  for (lua_Integer i = 1; i <= n; i++) {
+    c->i = i;
+    lua_pushvalue(L, fn);
+    lua_rawgeti(L, args, i);
+    int nargs = 1;
+    if (c->kind == K_STARMAP) {
+      int t = lua_gettop(L);
+      if (!lua_istable(L, t)) return luaL_error(L, "starmap: each item must be a table of arguments");
+      lua_Integer m = (lua_getfield(L, t, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
+                                                               : luaL_len(L, t);
+      lua_pop(L, 1);
+      luaL_checkstack(L, (int)m + 4, "too many arguments");
+      for (lua_Integer j = 1; j <= m; j++) lua_rawgeti(L, t, j);
+      lua_remove(L, t);
+      nargs = (int)m;
+    }
+    lua_call(L, nargs, 1);
+    lua_rawseti(L, res, i);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, res, "n");
+  return 1;
 }
 
 /* Runs one task (fn and args on the stack: fn args); leaves the result value on the stack
@@ -220,39 +255,15 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
     lua_setfield(L, base + 1, "n");
     return RES_OK;
   }
-  lua_Integer n = (lua_getfield(L, args, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
-                                                               : luaL_len(L, args);
-  lua_pop(L, 1);
-  lua_createtable(L, (int)n, 1);
-  int res = lua_gettop(L);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_pushvalue(L, fn);
-    lua_rawgeti(L, args, i);
-    int nargs = 1;
-    if (kind == K_STARMAP) {
-      int t = lua_gettop(L);
-      nargs = 0;
-      if (!lua_istable(L, t)) { /* the call fails at this item, like a task error */
-        lua_settop(L, t - 2);
-        lua_pushcfunction(L, bad_star_item);
-      } else {
-        lua_Integer m = (lua_getfield(L, t, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
-                                                                 : luaL_len(L, t);
-        lua_pop(L, 1);
-        luaL_checkstack(L, (int)m + 4, "too many arguments");
-        for (lua_Integer j = 1; j <= m; j++) lua_rawgeti(L, t, j);
-        lua_remove(L, t);
-        nargs = (int)m;
-      }
-    }
-    if (lua_pcall(L, nargs, 1, 1) != LUA_OK) {
-      *index = (uint32_t)(i - 1);
-      return RES_ERROR;
-    }
-    lua_rawseti(L, res, i);
+  chunkrun c = {kind, 0};
+  lua_pushcfunction(L, pchunk);
+  lua_pushvalue(L, fn);
+  lua_pushvalue(L, args);
+  lua_pushlightuserdata(L, &c);
+  if (lua_pcall(L, 3, 1, 1) != LUA_OK) {
+    *index = (uint32_t)(c.i > 0 ? c.i - 1 : 0);
+    return RES_ERROR;
   }
-  lua_pushinteger(L, n);
-  lua_setfield(L, res, "n");
   return RES_OK;
 }
 

@@ -137,8 +137,9 @@ function Job:chunk_done(rec, ok, value, index, pid)
       self.err_chunk = rec.start
     end
   else
-    local results, start = self.results, rec.start
-    table.move(value, 1, rec.count, start, results)
+    local start = rec.start
+    -- the C pool decodes a chunk's results straight into place (value == true)
+    if value ~= true then table.move(value, 1, rec.count, start, self.results) end
     local filled = self.filled
     if filled then
       for k = start, start + rec.count - 1 do filled[k] = true end
@@ -353,7 +354,7 @@ function Pool:_submit_chunks(job, kind, f, seq, n, chunksize, timeout)
   local ok, err = pcall(function()
     for start = 1, n, chunksize do
       local count = math.min(chunksize, n - start + 1)
-      local rec = { job = job, start = start, count = count }
+      local rec = { job = job, start = start, count = count, into = job.results }
       self:_submit(kind, fref, seq, rec, timeout, true, start, count)
       job.ids[rec.id] = true
       job.chunks = job.chunks + 1
@@ -486,7 +487,7 @@ function Pool:_imap(fname, f, seq, opts, ordered)
     while not exhausted and outstanding < limit do
       local count, chunk = read(chunksize)
       if count == 0 then exhausted = true break end
-      local rec = { job = job, start = next_start, count = count }
+      local rec = { job = job, start = next_start, count = count, into = job.results }
       local ok, err = pcall(self._submit, self, K_MAP, fref, chunk, rec, opts.timeout)
       if not ok then error(item_path_error(err, next_start), 0) end
       job.ids[rec.id] = true
