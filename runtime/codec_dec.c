@@ -139,8 +139,13 @@ static void get_number_array(dec *d, int t, uint64_t narr, int kind, lua_Integer
   const unsigned char *p = (const unsigned char *)d->p;
   if (!lua_checkstack(L, 2)) bad(d, "Lua stack overflow");
   for (uint64_t i = 1; i <= narr; i++, p += 8) {
-    uint64_t u = 0;
+    uint64_t u;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&u, p, 8);
+#else
+    u = 0;
     for (int b = 0; b < 8; b++) u |= (uint64_t)p[b] << (8 * b);
+#endif
     if (kind == T_TABLE_I) {
       lua_pushinteger(L, (lua_Integer)u);
     } else {
