@@ -174,13 +174,16 @@ static void wait_leave(lmp_loop *lp) {
 static int loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout) {
   lmp_loop *lp = lmp_loop_get(L);
   if (lp->running) return -2;
+  if (interrupted) { /* Ctrl-C during an earlier wait of this call, not yet raised */
+    interrupted = 0;
+    return -1;
+  }
   if (ready != NULL && ready(L, ud)) return 1;
   if (timeout == 0) return 0;
   lp->running = 1;
   lp->L = L;
   lp->timed_out = 0;
   claim_sigint();
-  interrupted = 0;
   wake_async = &lp->wake;
   waiting = 1;
   uv_ref((uv_handle_t *)&lp->wake); /* keeps UV_RUN_ONCE blocking */
@@ -192,13 +195,13 @@ static int loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout)
   int result = 0;
   for (;;) {
     uv_run(&lp->uv, UV_RUN_ONCE);
-    if (ready != NULL && ready(L, ud)) {
-      result = 1;
-      break;
-    }
-    if (interrupted) {
+    if (interrupted) { /* Ctrl-C wins over a result that came in the same turn */
       interrupted = 0;
       result = -1;
+      break;
+    }
+    if (ready != NULL && ready(L, ud)) {
+      result = 1;
       break;
     }
     if (lp->timed_out) break;
