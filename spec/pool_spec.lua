@@ -350,6 +350,28 @@ describe("mp.Pool", function()
   end)
 
   describe("lifecycle", function()
+    it("1000 pools, closed, terminated or dropped, leave no process, fd or memory behind", function()
+      collectgarbage(); collectgarbage()
+      local kb0 = collectgarbage("count")
+      for i = 1, 1000 do
+        local pool = mp.Pool(1)
+        assert.are.equal(i, pool:apply(function(x) return x end, { i }))
+        if i % 3 == 0 then
+          pool:close()
+          assert.is_true(pool:join(10))
+        elseif i % 3 == 1 then
+          pool:terminate()
+          assert.is_true(pool:join(10))
+        end -- else dropped: the collector terminates it
+        if i % 100 == 0 then collectgarbage() end
+      end
+      collectgarbage(); collectgarbage()
+      mp.poll(0.05) -- the loop frees what the closed handles held
+      assert.are.same({}, H.wait_no_children(10))
+      assert.is_true(collectgarbage("count") < kb0 + 512, "Lua memory grew by "
+        .. math.floor(collectgarbage("count") - kb0) .. " KiB")
+    end)
+
     it("join before close raises ValueError; close then join waits for the work", function()
       local pool = mp.Pool(2)
       local r = pool:map_async(function(x) mp.sleep(0.05); return x end, { 1, 2, 3, 4 })

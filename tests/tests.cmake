@@ -42,3 +42,13 @@ if(BUSTED_EXE)
     set_tests_properties(${name} PROPERTIES ENVIRONMENT "${LMP_TEST_ENV}" TIMEOUT 600 LABELS spec)
   endforeach()
 endif()
+
+# Memory checking with valgrind as well (the sanitizer build covers the rest): the embedding
+# test starts a pool, runs tasks and closes everything, so leaks of a whole cycle show up.
+find_program(VALGRIND_EXE valgrind)
+if(VALGRIND_EXE AND NOT LMP_SANITIZE)
+  add_test(NAME valgrind_test_embed
+    COMMAND ${VALGRIND_EXE} --quiet --error-exitcode=1 --leak-check=full
+            --errors-for-leak-kinds=definite $<TARGET_FILE:test_embed>)
+  set_tests_properties(valgrind_test_embed PROPERTIES TIMEOUT 300 LABELS c)
+endif()
