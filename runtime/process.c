@@ -168,8 +168,10 @@ int lmp_on_worker_state(lmp_state_init fn, void *ud) {
 static pid_t parent_pid;
 static int is_child;
 
-/* Puts a freshly forked child in order: signals, parent death, fds, tables. */
-static void child_reset(void) {
+/* A new child's signals and parent death: default dispositions but SIGINT (the parent decides
+** what Ctrl-C means) and SIGPIPE ignored, nothing blocked, killed when the parent dies. Exec
+** keeps all of it, so the spawn method relies on it too. */
+static void child_signals(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sigemptyset(&sa.sa_mask);
@@ -183,6 +185,11 @@ static void child_reset(void) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* Puts a freshly forked child in order: signals, parent death, fds, tables. */
+static void child_reset(void) {
+  child_signals();
   lmp_fd_close_owned_in_child();
   n_children = 0; /* the parent's children are not ours */
   is_child = 1;
@@ -294,22 +301,10 @@ static int spawn_payload(const char *payload, size_t n, const char *mode, const 
   return fd;
 }
 
-/* In the forked child: signals and parent death as child_reset sets them (exec keeps ignored
-** signals, the mask and PR_SET_PDEATHSIG), the two descriptors the new program needs, exec. */
+/* In the forked child: signals and parent death (exec keeps them), the two descriptors the
+** new program needs, exec. */
 static void spawn_exec(int memfd, int keep_fd) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sigemptyset(&sa.sa_mask);
-  for (int s = 1; s < NSIG; s++) {
-    if (s == SIGKILL || s == SIGSTOP) continue;
-    sa.sa_handler = (s == SIGINT || s == SIGPIPE) ? SIG_IGN : SIG_DFL;
-    sigaction(s, &sa, NULL);
-  }
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent_pid) _exit(1);
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, NULL);
+  child_signals();
   fcntl(memfd, F_SETFD, 0);
   if (keep_fd >= 0) fcntl(keep_fd, F_SETFD, 0);
   char fdarg[16], ppidarg[16];
