@@ -1,0 +1,107 @@
+-- cli_spec.lua — the lmp executable: options like lua's, `arg`, exit statuses, the REPL.
+local H = require "helper"
+
+local LMP = os.getenv("LMP_EXE") or "build/lmp"
+
+-- Runs a shell command line; returns stdout, stderr, exit status.
+local function sh(cmdline, stdin)
+  local inp, out, err = H.tmpname(), H.tmpname(), H.tmpname()
+  local f = assert(io.open(inp, "w"))
+  f:write(stdin or "")
+  f:close()
+  local ok, how, code = os.execute(("%s <%s >%s 2>%s"):format(cmdline, inp, out, err))
+  return H.slurp(out), H.slurp(err), how == "exit" and code or -code
+end
+
+local function script(code)
+  local name = H.tmpname()
+  local f = assert(io.open(name, "w"))
+  f:write(code)
+  f:close()
+  return name
+end
+
+describe("the lmp executable", function()
+  before_each(H.setup)
+  after_each(H.teardown)
+  teardown(H.cleanup)
+
+  it("-v prints the version", function()
+    local out, _, code = sh(LMP .. " -v")
+    assert.are.equal(0, code)
+    assert.matches("^lmp %d+%.%d+%.%d+ %(Lua 5%.4", out)
+  end)
+
+  it("runs a script with arg set like lua, and ... holding the arguments", function()
+    local s = script("print(arg[0], arg[1], arg[2], #arg, select('#', ...), ...)")
+    local out, _, code = sh(("%s %s a b"):format(LMP, s))
+    assert.are.equal(0, code)
+    assert.are.equal(("%s\ta\tb\t2\t2\ta\tb\n"):format(s), out)
+    local out2 = sh(("%s -- %s x"):format(LMP, s))
+    assert.are.equal(("%s\tx\tnil\t1\t1\tx\n"):format(s), out2)
+  end)
+
+  it("-e runs a statement, -l requires a module into a global (also g=mod)", function()
+    local out, _, code = sh(LMP .. [[ -l cjson -e "print(cjson.encode({1}))" -l J=cjson -e "print(J == cjson)"]])
+    assert.are.equal(0, code)
+    assert.are.equal("[1]\ntrue\n", out)
+  end)
+
+  it("exits non-zero with a traceback when the script fails", function()
+    local s = script("local function f() error('bad thing') end\nf()\n")
+    local out, err, code = sh(("%s %s"):format(LMP, s))
+    assert.are.equal(1, code)
+    assert.matches("bad thing", err)
+    assert.matches("stack traceback", err)
+  end)
+
+  it("prints an lmp error object readably", function()
+    local _, err, code = sh(LMP .. [[ -e "require('lmp').Pool(0)"]])
+    assert.are.equal(1, code)
+    assert.matches("ValueError: bad argument #1 to 'Pool'", err)
+  end)
+
+  it("reads the script from stdin with - (and when stdin is not a terminal)", function()
+    local out, _, code = sh(LMP .. " - x", "print('from stdin', ...)")
+    assert.are.equal(0, code)
+    assert.are.equal("from stdin\tx\n", out)
+    local out2 = sh(LMP, "print(1 + 1)")
+    assert.are.equal("2\n", out2)
+  end)
+
+  it("the REPL (-i) evaluates statements, prints values, shows cycles, has mp loaded", function()
+    local input = table.concat({
+      "x = 40",
+      "x + 2",
+      "t = {1, 'two', k = {v = true}}; t.self = t",
+      "t",
+      "for i = 1, 2 do",
+      "  io.write(i, ';')",
+      "end",
+      "mp.cpu_count() >= 1",
+      "error('oops')",
+      "'still here'",
+    }, "\n") .. "\n"
+    local out, err, code = sh(LMP .. " -i", input)
+    assert.are.equal(0, code)
+    assert.matches("\n?> 42\n", out)
+    assert.matches("self = <cycle: table: 0x%x+>", out)
+    assert.matches('"two"', out)
+    assert.matches("1;2;", out)
+    assert.matches("> true\n", out)
+    assert.matches("oops", err)
+    assert.matches('"still here"', out)
+  end)
+
+  it("the REPL can send a function defined at the prompt to a pool", function()
+    local input = table.concat({
+      "local_pool = mp.Pool(2)",
+      "function sq(x) return x * x end",
+      "local_pool:map(sq, {1, 2, 3})[3]",
+      "local_pool:terminate()",
+    }, "\n") .. "\n"
+    local out, err, code = sh(LMP .. " -i", input)
+    assert.are.equal(0, code, err)
+    assert.matches("> 9\n", out)
+  end)
+end)
