@@ -1,11 +1,252 @@
-/* codec.c — placeholder until the codec lands. */
-#include "lmp_int.h"
+/*
+** codec.c — module glue of the value codec: the per-process secret, the reverse map of
+** package.loaded (values sent by reference), lmp_encode and the core.encode/decode functions.
+** The format itself is described in codec.h; the encoder and decoder live in codec_enc.c and
+** codec_dec.c.
+** Design notes:
+**  - Function records carry a random 64-bit secret generated once per process (inherited by
+**    forked children); the decoder never loads bytecode without it, so random or hostile bytes
+**    never reach lua_load.
+**  - The encoder caches, per closure (weak keys), the dumped bytecode and the global names it
+**    reads, so sending the same closure again costs no lua_dump. There is no decoder-side cache.
+**  - The reverse map (value -> module name/field) is cached in the registry and rebuilt when a
+**    fingerprint of package.loaded (entry count and identities) changes.
+**  - A function's `_ENV` upvalue holding a table (the globals, or a custom environment such as
+**    a sandbox or a test runner's) becomes the per-message environment on decode; the globals
+**    the function reads are captured from that table.
+** Caveats: fields added to an already-loaded module after the map was built are only seen when
+** package.loaded itself changes.
+*/
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+
+#include "codec.h"
+
+/* ---- the secret ---- */
+
+static uint64_t secret;
+static int have_secret;
+
+/* Fills the secret from the kernel's random source, with a weak fallback that still differs
+** between processes. */
+static void init_secret(void) {
+  if (have_secret) return;
+  uint64_t s = 0;
+  if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    s = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16) ^
+        (uint64_t)(uintptr_t)&s;
+  }
+  secret = s;
+  have_secret = 1;
+}
+
+uint64_t lmp__codec_secret(void) {
+  init_secret();
+  return secret;
+}
+
+void lmp__codec_set_secret(uint64_t s) {
+  secret = s;
+  have_secret = 1;
+}
+
+/* ---- reverse map of package.loaded ---- */
+
+static int is_ref_type(int t) {
+  return t == LUA_TTABLE || t == LUA_TFUNCTION || t == LUA_TUSERDATA;
+}
+
+/* Returns a cheap fingerprint of package.loaded (at idx): entry count and identities. */
+static lua_Integer loaded_fingerprint(lua_State *L, int idx, lua_Integer *count) {
+  uint64_t h = 1469598103934665603ULL;
+  lua_Integer n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    h = (h ^ (uint64_t)(uintptr_t)lua_topointer(L, -2)) * 1099511628211ULL;
+    h = (h ^ (uint64_t)(uintptr_t)lua_topointer(L, -1)) * 1099511628211ULL;
+    n++;
+    lua_pop(L, 1);
+  }
+  *count = n;
+  return (lua_Integer)h;
+}
+
+/* Adds the fields of module `name` (table at -1) to the map at rev; of _G only C functions,
+** because the other globals are the script's own values, sent by value. */
+static void add_fields(lua_State *L, int rev, const char *name, size_t nlen, int isG) {
+  int mod = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, mod) != 0) {
+    int ok = lua_type(L, -2) == LUA_TSTRING && is_ref_type(lua_type(L, -1)) &&
+             (!isG || lua_iscfunction(L, -1));
+    if (ok) {
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, rev) == LUA_TNIL) {
+        lua_pushvalue(L, -2);
+        lua_pushlstring(L, name, nlen);
+        lua_pushlstring(L, "", 1); /* a NUL between module and field */
+        lua_pushvalue(L, -6);      /* the field name */
+        lua_concat(L, 3);
+        lua_rawset(L, rev);
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* Builds the map (pushed) from package.loaded at idx; the globals table is left out. */
+static void build_revmap(lua_State *L, int loaded) {
+  lua_newtable(L);
+  int rev = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int G = lua_gettop(L);
+  for (int pass = 0; pass < 2; pass++) {
+    lua_pushnil(L);
+    while (lua_next(L, loaded) != 0) {
+      if (lua_type(L, -2) == LUA_TSTRING && is_ref_type(lua_type(L, -1)) &&
+          !lua_rawequal(L, -1, G)) {
+        if (pass == 0) {
+          lua_pushvalue(L, -1);
+          if (lua_rawget(L, rev) == LUA_TNIL) {
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, -4);
+            lua_rawset(L, rev);
+          }
+          lua_pop(L, 1);
+        }
+      }
+      if (pass == 1 && lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+        size_t nlen;
+        const char *name = lua_tolstring(L, -2, &nlen);
+        add_fields(L, rev, name, nlen, lua_rawequal(L, -1, G));
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1); /* G */
+}
+
+void lmp__codec_revmap(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  int loaded = lua_gettop(L);
+  lua_Integer count, fp = loaded_fingerprint(L, loaded, &count);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_REVMAP) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    int same = lua_tointeger(L, -2) == count && lua_tointeger(L, -1) == fp &&
+               lua_isinteger(L, -1);
+    lua_pop(L, 2);
+    if (same) {
+      lua_remove(L, loaded);
+      return;
+    }
+  }
+  lua_pop(L, 1);
+  build_revmap(L, loaded);
+  lua_pushinteger(L, count);
+  lua_rawseti(L, -2, 1);
+  lua_pushinteger(L, fp);
+  lua_rawseti(L, -2, 2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_REVMAP);
+  lua_remove(L, loaded);
+}
+
+/* ---- lmp_encode: the buffer lives in a userdata so a Lua error frees it ---- */
+
+static int buf_gc(lua_State *L) {
+  lmp_buf_free(lua_touserdata(L, 1));
+  return 0;
+}
+
+/* Pushes a userdata owning an empty lmp_buf (freed by __gc). */
+static lmp_buf *push_buf_box(lua_State *L) {
+  lmp_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  if (luaL_newmetatable(L, "lmp.codec.buf")) {
+    lua_pushcfunction(L, buf_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+/* Encodes the value at idx and pushes the message; root names the value in errors. */
+static void encode_to_string(lua_State *L, int idx, const char *root) {
+  idx = lua_absindex(L, idx);
+  lmp_buf *b = push_buf_box(L);
+  lmp__encode_named(L, idx, b, NULL, root);
+  lua_pushlstring(L, b->p, b->len);
+  lmp_buf_free(b);
+  lua_remove(L, -2);
+}
+
+void lmp_encode(lua_State *L, int idx) {
+  encode_to_string(L, idx, "value");
+}
 
 void lmp_encode_buf(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds) {
-  lmp_raise(L, "SerializationError", "codec not built");
+  lmp__encode_named(L, idx, out, fds, "value");
 }
-void lmp_encode(lua_State *L, int idx) { lmp_raise(L, "SerializationError", "codec not built"); }
-void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
-  lmp_raise(L, "SerializationError", "codec not built");
+
+/* ---- Lua functions ---- */
+
+static int l_encode(lua_State *L) {
+  const char *root = luaL_optstring(L, 2, "value");
+  luaL_checkany(L, 1);
+  encode_to_string(L, 1, root);
+  return 1;
 }
-void lmp__open_codec(lua_State *L) {}
+
+static int l_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lmp_decode(L, s, n, NULL, 0);
+  return 1;
+}
+
+/* core.register_handle(typename, fn): fn(payload, fd...) rebuilds a handle on decode. */
+static int l_register_handle(lua_State *L) {
+  luaL_checkstring(L, 1);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, CODEC_HANDLES);
+  lua_insert(L, 1);
+  lua_rawset(L, 1);
+  return 0;
+}
+
+static int l_codec_secret(lua_State *L) {
+  uint64_t s = lmp__codec_secret();
+  unsigned char b[8];
+  for (int i = 0; i < 8; i++) b[i] = (unsigned char)(s >> (8 * i));
+  lua_pushlstring(L, (const char *)b, 8);
+  return 1;
+}
+
+static int l_set_codec_secret(lua_State *L) {
+  size_t n;
+  const unsigned char *b = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  luaL_argcheck(L, n == 8, 1, "must be an 8-byte string");
+  uint64_t s = 0;
+  for (int i = 0; i < 8; i++) s |= (uint64_t)b[i] << (8 * i);
+  lmp__codec_set_secret(s);
+  return 0;
+}
+
+void lmp__open_codec(lua_State *L) {
+  static const luaL_Reg fns[] = {{"encode", l_encode},
+                                 {"decode", l_decode},
+                                 {"register_handle", l_register_handle},
+                                 {"codec_secret", l_codec_secret},
+                                 {"set_codec_secret", l_set_codec_secret},
+                                 {NULL, NULL}};
+  init_secret(); /* before any fork, so children share it */
+  luaL_setfuncs(L, fns, 0);
+}

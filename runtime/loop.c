@@ -1,3 +1,431 @@
-/* loop.c — placeholder */
+/*
+** loop.c — the parent's event loop: one libuv loop per Lua state that loaded lmp.
+** Every blocking call of lmp waits here (lmp_loop_wait), so child exits, results and
+** callbacks are processed while the caller waits, and Ctrl-C interrupts the wait.
+** Caveats: uv_run is not re-entrant, so a blocking call made from inside a loop callback
+** raises instead of nesting. SIGINT is caught only while lmp waits; otherwise the handler
+** that was there before (lua.c's, the host's, or the default) gets the signal.
+*/
+#include <errno.h>
+#include <stdio.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <uv.h>
+
 #include "lmp_int.h"
-void lmp__open_loop(lua_State *L) {}
+#include "loop.h"
+
+#define LOOP_KEY "lmp.loop"
+
+/* ---- Ctrl-C: a handler that only sets a flag and wakes the loop ---- */
+
+static volatile sig_atomic_t interrupted;   /* SIGINT seen during a wait */
+static volatile sig_atomic_t waiting;       /* inside lmp_loop_wait / a tick window */
+static struct timespec tick_until;          /* lmp_wait_tick's window (monotonic) */
+static uv_async_t *volatile wake_async;     /* the loop to wake on SIGINT */
+static struct sigaction previous;           /* the handler we chain to outside waits */
+
+static int in_tick_window(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now); /* async-signal-safe */
+  return now.tv_sec < tick_until.tv_sec ||
+         (now.tv_sec == tick_until.tv_sec && now.tv_nsec < tick_until.tv_nsec);
+}
+
+static void on_sigint(int sig, siginfo_t *info, void *uctx) {
+  if (waiting || in_tick_window()) {
+    interrupted = 1;
+    uv_async_t *a = wake_async;
+    if (a != NULL) uv_async_send(a);
+    return;
+  }
+  /* not ours: behave as if we were never installed */
+  if (previous.sa_flags & SA_SIGINFO) {
+    if (previous.sa_sigaction != NULL) previous.sa_sigaction(sig, info, uctx);
+  } else if (previous.sa_handler == SIG_DFL) {
+    signal(SIGINT, SIG_DFL);
+    raise(SIGINT);
+  } else if (previous.sa_handler != SIG_IGN && previous.sa_handler != NULL) {
+    previous.sa_handler(sig);
+  }
+}
+
+/* Makes sure our SIGINT handler is in place, remembering whatever was there before.
+** Returns 0 when SIGINT is ignored (a background job, a worker): then Ctrl-C is not ours. */
+static int claim_sigint(void) {
+  struct sigaction cur;
+  sigaction(SIGINT, NULL, &cur);
+  if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigint) return 1;
+  if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN) return 0;
+  previous = cur;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_sigint;
+  sa.sa_flags = SA_SIGINFO; /* no SA_RESTART: blocking syscalls see EINTR */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  return 1;
+}
+
+/* ---- the loop object ---- */
+
+static void on_wake(uv_async_t *a) { (void)a; }
+
+static void on_sigchld(uv_signal_t *h, int sig) {
+  (void)sig;
+  lmp_loop *lp = h->data;
+  lmp_children_reap();
+  lmp_loop_notify(lp);
+}
+
+static void on_timer(uv_timer_t *t) {
+  lmp_loop *lp = t->data;
+  lp->timed_out = 1;
+}
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+static void walk_close(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, close_cb);
+}
+
+static int loop_gc(lua_State *L) {
+  lmp_loop **box = luaL_checkudata(L, 1, "lmp.Loop");
+  lmp_loop *lp = *box;
+  if (lp != NULL && !lp->closed) {
+    lp->closed = 1;
+    if (wake_async == &lp->wake) wake_async = NULL;
+    lmp_children_at_exit();
+    uv_walk(&lp->uv, walk_close, NULL);
+    uv_run(&lp->uv, UV_RUN_DEFAULT);
+    uv_loop_close(&lp->uv);
+    lmp_fd_disown(lp->backend_fd);
+    free(lp);
+  }
+  *box = NULL;
+  return 0;
+}
+
+/* Creates the loop of L: SIGCHLD watcher, wake-up handle, timer. Raises on failure. */
+static lmp_loop *loop_create(lua_State *L) {
+  lmp_loop **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, "lmp.Loop");
+  lmp_loop *lp = calloc(1, sizeof *lp);
+  if (lp == NULL) luaL_error(L, "not enough memory");
+  int rc = uv_loop_init(&lp->uv);
+  if (rc != 0) {
+    free(lp);
+    luaL_error(L, "cannot create the event loop: %s", uv_strerror(rc));
+  }
+  *box = lp;
+  lp->uv.data = lp;
+  uv_async_init(&lp->uv, &lp->wake, on_wake);
+  uv_unref((uv_handle_t *)&lp->wake);
+  uv_signal_init(&lp->uv, &lp->sigchld);
+  lp->sigchld.data = lp;
+  uv_signal_start(&lp->sigchld, on_sigchld, SIGCHLD);
+  uv_unref((uv_handle_t *)&lp->sigchld);
+  uv_timer_init(&lp->uv, &lp->timer);
+  lp->timer.data = lp;
+  uv_unref((uv_handle_t *)&lp->timer);
+  lp->backend_fd = uv_backend_fd(&lp->uv);
+  lmp_fd_own(lp->backend_fd);
+  lua_setfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
+  return lp;
+}
+
+lmp_loop *lmp_loop_get(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
+  lmp_loop **box = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (box != NULL && *box != NULL) return *box;
+  return loop_create(L);
+}
+
+void lmp_loop_notify(lmp_loop *lp) { lp->events++; }
+
+/* ---- waiting ---- */
+
+static void timespec_after(struct timespec *ts, double s) {
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  ts->tv_sec += (time_t)s;
+  ts->tv_nsec += (long)((s - (double)(time_t)s) * 1e9);
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+}
+
+/* Leaves a wait: stops the timer and lets Ctrl-C go back to its previous owner. */
+static void wait_leave(lmp_loop *lp) {
+  uv_timer_stop(&lp->timer);
+  uv_unref((uv_handle_t *)&lp->wake);
+  lp->running = 0;
+  waiting = 0;
+}
+
+/* The wait itself: 1 ready, 0 timed out, -1 interrupted, -2 called from a callback. */
+static int loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout) {
+  lmp_loop *lp = lmp_loop_get(L);
+  if (lp->running) return -2;
+  if (ready != NULL && ready(L, ud)) return 1;
+  if (timeout == 0) return 0;
+  lp->running = 1;
+  lp->L = L;
+  lp->timed_out = 0;
+  claim_sigint();
+  interrupted = 0;
+  wake_async = &lp->wake;
+  waiting = 1;
+  uv_ref((uv_handle_t *)&lp->wake); /* keeps UV_RUN_ONCE blocking */
+  if (timeout > 0) {
+    uv_update_time(&lp->uv); /* the loop clock may be stale since the last run */
+    uint64_t ms = (uint64_t)(timeout * 1000.0 + 0.999);
+    uv_timer_start(&lp->timer, on_timer, ms, 0);
+  }
+  int result = 0;
+  for (;;) {
+    uv_run(&lp->uv, UV_RUN_ONCE);
+    if (ready != NULL && ready(L, ud)) {
+      result = 1;
+      break;
+    }
+    if (interrupted) {
+      interrupted = 0;
+      result = -1;
+      break;
+    }
+    if (lp->timed_out) break;
+  }
+  wait_leave(lp);
+  return result;
+}
+
+/* Turns loop_wait's result into a return value or the error it stands for. */
+static int wait_result(lua_State *L, int r) {
+  if (r == -1) return lmp_raise(L, "InterruptedError", "interrupted by Ctrl-C (SIGINT)");
+  if (r == -2)
+    return lmp_raise(L, "ValueError",
+                     "a blocking lmp call cannot run inside a callback (the loop is busy)");
+  return r;
+}
+
+int lmp_loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout) {
+  return wait_result(L, loop_wait(L, ready, ud, timeout));
+}
+
+int lmp_loop_run_nowait(lua_State *L) {
+  lmp_loop *lp = lmp_loop_get(L);
+  if (lp->running) return 0;
+  lp->running = 1;
+  lp->L = L;
+  uv_run(&lp->uv, UV_RUN_NOWAIT);
+  lp->running = 0;
+  return 1;
+}
+
+double lmp_wait_tick(lua_State *L) {
+  lmp_loop *lp = lmp_loop_get(L);
+  if (claim_sigint()) {
+    timespec_after(&tick_until, 0.25);
+    wake_async = &lp->wake;
+  }
+  if (interrupted) {
+    interrupted = 0;
+    tick_until.tv_sec = 0;
+    return lmp_raise(L, "InterruptedError", "interrupted by Ctrl-C (SIGINT)");
+  }
+  lmp_loop_run_nowait(L);
+  return lp->active > 0 ? 0.002 : 0.1;
+}
+
+
+/* ---- waiting for a file descriptor ---- */
+
+typedef struct fdwait {
+  uv_poll_t poll;
+  int ready;
+} fdwait;
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  fdwait *w = h->data;
+  w->ready = status < 0 ? -1 : 1;
+  uv_poll_stop(h);
+}
+
+static void free_on_close(uv_handle_t *h) { free(h->data); }
+
+static int fd_ready(lua_State *L, void *ud) { return ((fdwait *)ud)->ready != 0; }
+
+int lmp_wait_fd(lua_State *L, int fd, int writable, double timeout) {
+  lmp_loop *lp = lmp_loop_get(L);
+  fdwait *w = calloc(1, sizeof *w);
+  if (w == NULL) return luaL_error(L, "not enough memory");
+  if (uv_poll_init(&lp->uv, &w->poll, fd) != 0) {
+    free(w); /* not pollable (a regular file): always ready */
+    return 1;
+  }
+  w->poll.data = w;
+  uv_poll_start(&w->poll, writable ? UV_WRITABLE : UV_READABLE, on_poll);
+  int r = loop_wait(L, fd_ready, w, timeout);
+  uv_close((uv_handle_t *)&w->poll, free_on_close); /* freed in its close callback */
+  return wait_result(L, r);
+}
+
+/* ---- running Lua code that Ctrl-C may interrupt (the executable, the REPL) ---- */
+
+static lua_State *volatile hook_L; /* the state running an interruptible call */
+
+static void stop_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  lmp_raise(L, "InterruptedError", "interrupted by Ctrl-C (SIGINT)");
+}
+
+/* Outside lmp waits, Ctrl-C sets a hook that raises in the running Lua code. Only a hook
+** is set here: a signal handler never touches a Lua state otherwise. */
+static void on_sigint_call(int sig) {
+  lua_State *L = hook_L;
+  if (L == NULL) {
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
+  lua_sethook(L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* icall(f, msgh, ...) -> like xpcall(f, msgh, ...), with Ctrl-C raising InterruptedError. */
+static int l_icall(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  int nargs = lua_gettop(L) - 2;
+  lua_State *saved_L = hook_L;
+  struct sigaction sa, old;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint_call;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, NULL, &old);
+  int ignored = !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN;
+  hook_L = L;
+  if (!ignored) sigaction(SIGINT, &sa, NULL);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 1); /* msgh f args... -> f after msgh */
+  int status = lua_pcall(L, nargs, LUA_MULTRET, 2);
+  if (!ignored) sigaction(SIGINT, &old, NULL);
+  hook_L = saved_L;
+  lua_sethook(L, NULL, 0, 0);
+  lua_pushboolean(L, status == LUA_OK);
+  lua_replace(L, 2); /* the status takes msgh's slot: ok, results... */
+  return lua_gettop(L) - 1;
+}
+
+/* readline(prompt) -> line | nil at end of input. Waits in the loop, so callbacks run
+** while the prompt waits; Ctrl-C raises InterruptedError. */
+static int l_readline(lua_State *L) {
+  const char *prompt = luaL_optstring(L, 1, "");
+  static int unbuffered;
+  if (!unbuffered) { /* stdio must not hold input that the fd wait cannot see */
+    setvbuf(stdin, NULL, _IONBF, 0);
+    unbuffered = 1;
+  }
+  fputs(prompt, stdout);
+  fflush(stdout);
+  lmp_wait_fd(L, 0, 0, -1);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  char chunk[1024];
+  int got = 0;
+  while (fgets(chunk, sizeof chunk, stdin) != NULL) {
+    got = 1;
+    size_t n = strlen(chunk);
+    if (n > 0 && chunk[n - 1] == '\n') {
+      luaL_addlstring(&b, chunk, n - 1);
+      luaL_pushresult(&b);
+      return 1;
+    }
+    luaL_addlstring(&b, chunk, n);
+  }
+  clearerr(stdin);
+  if (!got) return 0;
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* ---- Lua functions ---- */
+
+static int never_ready(lua_State *L, void *ud) { return 0; }
+
+/* sleep(seconds): waits in the loop, so callbacks and child exits are handled meanwhile. */
+static int l_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  if (!(s >= 0)) return luaL_argerror(L, 1, "must be a non-negative number");
+  lmp_loop_wait(L, never_ready, NULL, s > 0 ? s : 1e-9);
+  return 0;
+}
+
+static int events_since(lua_State *L, void *ud) {
+  return lmp_loop_get(L)->events != *(unsigned long *)ud;
+}
+
+/* run_once([timeout]): runs ready work; with a timeout, waits up to that long for an event.
+** Returns false when a blocking call is already running the loop. */
+static int l_run_once(lua_State *L) {
+  double timeout = luaL_optnumber(L, 1, 0);
+  lmp_loop *lp = lmp_loop_get(L);
+  if (lp->running) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (timeout > 0) {
+    unsigned long start = lp->events;
+    lmp_loop_wait(L, events_since, &start, timeout);
+  } else {
+    lmp_loop_run_nowait(L);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* wait_event([timeout]): waits until something happens in the loop (a result, a child exit,
+** a callback) or timeout seconds pass (nil or negative: no limit). Returns true when
+** something happened. Raises InterruptedError on Ctrl-C. */
+static int l_wait_event(lua_State *L) {
+  double timeout = luaL_optnumber(L, 1, -1);
+  lmp_loop *lp = lmp_loop_get(L);
+  unsigned long start = lp->events;
+  if (timeout == 0) timeout = 1e-9;
+  lua_pushboolean(L, lmp_loop_wait(L, events_since, &start, timeout));
+  return 1;
+}
+
+static int l_backend_fd(lua_State *L) {
+  lua_pushinteger(L, uv_backend_fd(&lmp_loop_get(L)->uv));
+  return 1;
+}
+
+static int l_in_callback(lua_State *L) {
+  lua_pushboolean(L, lmp_loop_get(L)->running);
+  return 1;
+}
+
+void lmp__open_loop(lua_State *L) {
+  if (luaL_newmetatable(L, "lmp.Loop")) {
+    lua_pushcfunction(L, loop_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  static const luaL_Reg fns[] = {{"sleep", l_sleep},
+                                 {"run_once", l_run_once},
+                                 {"wait_event", l_wait_event},
+                                 {"backend_fd", l_backend_fd},
+                                 {"in_callback", l_in_callback},
+                                 {"icall", l_icall},
+                                 {"readline", l_readline},
+                                 {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+  lmp_loop_get(L);
+}

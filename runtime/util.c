@@ -183,6 +183,11 @@ static int l_rawsleep(lua_State *L) {
   return 0;
 }
 
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
 static int l_error(lua_State *L) {
   const char *type = luaL_checkstring(L, 1);
   const char *msg = luaL_optstring(L, 2, "");
@@ -194,7 +199,7 @@ void lmp__open_util(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"cpu_count", l_cpu_count}, {"getpid", l_getpid},       {"getppid", l_getppid},
       {"time", l_time},           {"monotonic", l_monotonic}, {"rawsleep", l_rawsleep},
-      {"error", l_error},         {NULL, NULL}};
+      {"error", l_error},         {"isatty", l_isatty},       {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
   error_metatable(L);
   lua_setfield(L, -2, "Error");

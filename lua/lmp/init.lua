@@ -1,6 +1,75 @@
--- lmp — process-parallel runtime for Lua 5.4: the public facade.
+-- lmp — a process-parallel runtime for Lua 5.4: the public facade (`local mp = require "lmp"`).
+-- Mechanism lives in C (lmp.core); the Python-style classes are composed here and in the
+-- lmp.* modules this file gathers.
 local core = require "lmp.core"
+local errors = require "lmp.errors"
+local process = require "lmp.process"
+local pool = require "lmp.pool"
+
 local mp = {}
-mp.core = core
+
 mp.version = core.version
+mp.core = core
+
+-- Errors -----------------------------------------------------------------------------------
+mp.Error = errors.Error
+mp.iserror = errors.iserror
+
+-- Codec ------------------------------------------------------------------------------------
+function mp.encode(v) return core.encode(v) end
+function mp.decode(s)
+  if type(s) ~= "string" then errors.argerror("decode", 1, "string expected, got " .. type(s)) end
+  return core.decode(s)
+end
+
+-- Processes --------------------------------------------------------------------------------
+mp.Process = process.Process
+mp.active_children = process.active_children
+mp.current_process = process.current_process
+mp.parent_process = process.parent_process
+mp.cpu_count = core.cpu_count
+mp.getpid = core.getpid
+mp.getppid = core.getppid
+
+-- Time -------------------------------------------------------------------------------------
+mp.time = core.time
+mp.monotonic = core.monotonic
+
+--- Sleeps for seconds (fractional). In the parent the event loop runs meanwhile, so results,
+--- callbacks and child exits are handled; Ctrl-C raises InterruptedError.
+function mp.sleep(seconds)
+  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
+    errors.argerror("sleep", 1, "non-negative number expected, got " .. tostring(seconds))
+  end
+  core.sleep(seconds)
+end
+
+-- Pool ---------------------------------------------------------------------------------------
+mp.Pool = pool.Pool
+mp.AsyncResult = pool.AsyncResult
+for k, v in pairs(require "lmp.shared") do mp[k] = v end
+
+-- The event loop, for hosts ------------------------------------------------------------------
+
+--- Processes ready events and runs pending callbacks without blocking, or waits up to
+--- timeout seconds for something to happen. Returns how many callbacks ran.
+function mp.poll(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    errors.argerror("poll", 1, "non-negative number or nil expected")
+  end
+  local before = pool.callbacks_run
+  core.run_once(timeout or 0)
+  return pool.callbacks_run - before
+end
+
+-- Start methods ------------------------------------------------------------------------------
+local start_method = "fork"
+function mp.set_start_method(method)
+  if method ~= "fork" and method ~= "spawn" then
+    errors.argerror("set_start_method", 1, "\"fork\" or \"spawn\" expected, got " .. tostring(method))
+  end
+  start_method = method
+end
+function mp.get_start_method() return start_method end
+
 return mp

@@ -1,0 +1,44 @@
+/*
+** frame.h — the frames between a pool's parent and its workers on their socketpair.
+** A frame is: u32 length of what follows (little-endian), u8 type, payload.
+**   TASK    u64 id, u8 kind, u32 fnid, u32 fnlen, fn message (fnlen bytes, 0 when the worker
+**           has fnid already), args message (the rest)
+**   QUIT    the worker leaves after what it has read
+**   FORGET  the worker drops its function cache
+**   RESULT  u64 id, u8 status, u32 index (the failing item of a chunk), message
+**   READY   the worker's initializer ran: it serves tasks from now on
+** Values are codec messages (codec.h), so frames are machine-independent like the codec.
+*/
+#ifndef LMP_FRAME_H
+#define LMP_FRAME_H
+
+#include <stdint.h>
+#include <string.h>
+
+enum { F_TASK = 1, F_QUIT = 2, F_FORGET = 3, F_RESULT = 10, F_READY = 11 };
+enum { K_APPLY = 0, K_MAP = 1, K_STARMAP = 2 };
+enum { RES_OK = 0, RES_ERROR = 1, RES_UNENCODABLE = 2 };
+
+#define FRAME_HEAD 5           /* u32 length + u8 type */
+#define TASK_HEAD (8 + 1 + 4 + 4)
+#define RESULT_HEAD (8 + 1 + 4)
+#define FRAME_MAX (1u << 31)   /* a frame longer than this is a protocol error */
+
+static inline void put_u32(char *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (char)(v >> (8 * i));
+}
+static inline void put_u64(char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (char)(v >> (8 * i));
+}
+static inline uint32_t get_u32(const char *p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++) v |= (uint32_t)(unsigned char)p[i] << (8 * i);
+  return v;
+}
+static inline uint64_t get_u64(const char *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= (uint64_t)(unsigned char)p[i] << (8 * i);
+  return v;
+}
+
+#endif

@@ -1,0 +1,69 @@
+/*
+** loop.h — the parent's libuv loop (loop.c) and the children table (process.c).
+*/
+#ifndef LMP_LOOP_H
+#define LMP_LOOP_H
+
+#include <sys/types.h>
+#include <uv.h>
+#include "lmp_int.h"
+
+typedef struct lmp_loop {
+  uv_loop_t uv;
+  uv_signal_t sigchld;
+  uv_async_t wake;         /* woken by the SIGINT handler */
+  uv_timer_t timer;        /* the timeout of the current wait */
+  lua_State *L;            /* the thread running the loop now (for callbacks) */
+  unsigned long events;    /* bumped by anything a waiter may be waiting for */
+  int active;              /* producers of events (pools...): keeps ticks short */
+  int running;             /* inside uv_run: blocking calls must not nest */
+  int timed_out;
+  int closed;
+  int backend_fd;
+} lmp_loop;
+
+/* A condition a blocking call waits for; must not raise. */
+typedef int (*lmp_ready_fn)(lua_State *L, void *ud);
+
+/* The loop of L's main state, created on first use. Raises on failure. */
+lmp_loop *lmp_loop_get(lua_State *L);
+
+/* Runs the loop until ready(L, ud) holds (returns 1) or timeout seconds pass (returns 0;
+** timeout < 0 waits without limit). Raises InterruptedError on Ctrl-C, and an error when
+** called from inside a loop callback. */
+int lmp_loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout);
+
+/* Waits in the loop until fd is readable (or writable); 1 when ready, 0 on timeout.
+** Raises like lmp_loop_wait. A descriptor epoll cannot watch counts as ready. */
+int lmp_wait_fd(lua_State *L, int fd, int writable, double timeout);
+
+/* Runs ready loop work without blocking; returns 0 when the loop is already running. */
+int lmp_loop_run_nowait(lua_State *L);
+
+/* Records that something happened that a waiter may be waiting for. */
+void lmp_loop_notify(lmp_loop *lp);
+
+/* For waits that cannot be loop events (futexes): call between short sleeps. Runs ready loop
+** work, raises InterruptedError after Ctrl-C, returns the longest sleep (seconds) allowed
+** before the next call. */
+double lmp_wait_tick(lua_State *L);
+
+/* Converts a waitpid status: the exit code, or -signum when a signal killed the child. */
+int lmp_exitcode(int status);
+
+/* Called (from the loop, or a status query) when a watched child has been reaped. */
+typedef void (*lmp_child_exit_fn)(void *ud, pid_t pid, int exitcode);
+int lmp_child_watch(pid_t pid, lmp_child_exit_fn fn, void *ud);
+
+/* Forks a child that runs `lmp.process`'s bootstrap on payload in a fresh Lua state.
+** mode tells the bootstrap what the payload is ("process", "worker"...). Returns the pid, or
+** -1 with errno set. */
+pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mode,
+                     int daemon);
+
+/* Reaps every exited child lmp started (never other children). */
+void lmp_children_reap(void);
+/* At exit: terminates daemon children, waits for the others. */
+void lmp_children_at_exit(void);
+
+#endif

@@ -1,0 +1,94 @@
+-- spec/helper.lua — what every spec asserts around its tests: no child process and no file
+-- descriptor left behind, and a watchdog so a hang fails instead of blocking the suite.
+local mp = require "lmp"
+local th = require "lmp_testhelper"
+local assert = require "luassert"
+
+local H = {}
+
+--- Pids of this process's children, zombies included.
+function H.children()
+  local pid = mp.getpid()
+  local f = io.open(("/proc/%d/task/%d/children"):format(pid, pid))
+  local list = {}
+  if f then
+    for p in f:read("a"):gmatch("%d+") do list[#list + 1] = tonumber(p) end
+    f:close()
+  end
+  return list
+end
+
+--- Number of open file descriptors of this process.
+function H.fd_count()
+  local n = 0
+  local p = io.popen("ls /proc/" .. mp.getpid() .. "/fd")
+  for _ in p:lines() do n = n + 1 end
+  p:close()
+  return n - 1 -- the pipe of io.popen itself
+end
+
+--- Kills this process with SIGALRM after seconds (0 cancels).
+function H.watchdog(seconds) th.alarm(seconds) end
+
+--- Waits (up to timeout seconds) until no child is left; returns the children still there.
+function H.wait_no_children(timeout)
+  local deadline = mp.monotonic() + (timeout or 5)
+  local left = H.children()
+  while #left > 0 and mp.monotonic() < deadline do
+    mp.sleep(0.02)
+    left = H.children()
+  end
+  return left
+end
+
+--- Standard hooks: `before_each(H.setup)` arms the watchdog and counts fds;
+--- `after_each(H.teardown)` asserts that no child and no fd was left behind.
+local fds
+function H.setup()
+  H.watchdog(H.timeout or 120)
+  fds = H.fd_count()
+end
+
+function H.teardown()
+  for _, p in ipairs(mp.active_children()) do p:kill(); p:join(5) end
+  local left = H.wait_no_children(5)
+  assert.are.same({}, left, "child processes left behind")
+  assert.are.equal(fds, H.fd_count(), "file descriptors left open")
+  H.watchdog(0)
+end
+
+--- A temporary file name, removed at the end of the test run.
+local temps = {}
+function H.tmpname()
+  local n = os.tmpname()
+  temps[#temps + 1] = n
+  return n
+end
+
+function H.slurp(name)
+  local f = io.open(name, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function H.cleanup()
+  for _, n in ipairs(temps) do os.remove(n) end
+  temps = {}
+end
+
+--- Runs a Lua snippet with the lmp executable; returns stdout, stderr, exit status.
+function H.run_lmp(code, args)
+  local src = H.tmpname()
+  local f = assert(io.open(src, "w"))
+  f:write(code)
+  f:close()
+  local out, err = H.tmpname(), H.tmpname()
+  local cmd = ("exec %s %s %s >%s 2>%s"):format(os.getenv("LMP_EXE") or "build/lmp", src,
+    args or "", out, err)
+  local ok, how, code_ = os.execute(cmd)
+  return H.slurp(out), H.slurp(err), (how == "exit") and code_ or -code_
+end
+
+return H

@@ -1,0 +1,380 @@
+/*
+** test_codec.c — unit tests of the value codec: round trips of every kind of value, error
+** paths, the handle hook, and hostile input (truncation, corruption, huge lengths, depth).
+*/
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "codec.h"
+#include "lmp.h"
+
+static int failures;
+
+#define CHECK(c)                                                        \
+  do {                                                                  \
+    if (!(c)) {                                                         \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+      failures++;                                                       \
+    }                                                                   \
+  } while (0)
+
+/* Runs a Lua snippet; a Lua error counts as a failure. */
+static void run(lua_State *L, const char *name, const char *code) {
+  if (luaL_dostring(L, code) != LUA_OK) {
+    fprintf(stderr, "%s: %s\n", name, luaL_tolstring(L, -1, NULL));
+    failures++;
+  }
+  lua_settop(L, 0);
+}
+
+/* ---- Lua-level round trips ---- */
+
+static const char *prelude =
+    "core = require 'lmp.core'\n"
+    "function rt(v) return core.decode(core.encode(v)) end\n"
+    "function fails(pat, f, ...)\n"
+    "  local ok, e = pcall(f, ...)\n"
+    "  assert(not ok, 'expected an error')\n"
+    "  assert(type(e) == 'table' and e.type == 'SerializationError', tostring(e))\n"
+    "  assert(e.message:find(pat, 1, true), e.message)\n"
+    "  return e\n"
+    "end\n";
+
+static const char *scalars =
+    "assert(rt(nil) == nil and rt(true) == true and rt(false) == false)\n"
+    "assert(math.type(rt(3)) == 'integer' and math.type(rt(3.0)) == 'float')\n"
+    "local n = rt(0/0); assert(n ~= n)\n"
+    "assert(rt(1/0) == 1/0 and rt(-1/0) == -1/0 and 1/rt(-0.0) == -1/0)\n"
+    "assert(rt(math.mininteger) == math.mininteger and rt(math.maxinteger) == math.maxinteger)\n"
+    "assert(rt(-1) == -1 and rt(0) == 0 and rt(1.5) == 1.5 and rt(2^53) == 2^53)\n"
+    "assert(rt('') == '' and rt('a\\0b\\255') == 'a\\0b\\255')\n";
+
+static const char *tables =
+    "local e = rt({}); assert(type(e) == 'table' and next(e) == nil)\n"
+    "local s = rt({[1]=1, [3]=3, [1000]=true})\n"
+    "assert(s[1]==1 and s[2]==nil and s[3]==3 and s[1000])\n"
+    "local k = {}; local m = rt({1, 2, x='y', [2.5]='f', [true]=false, [k]=k, ['a b']={}})\n"
+    "assert(m[1]==1 and m[2]==2 and m.x=='y' and m[2.5]=='f' and m[true]==false and m['a b'])\n"
+    "local tk = next({})\n"
+    "for key, v in pairs(m) do if type(key)=='table' then assert(key==v) tk=key end end\n"
+    "assert(tk)\n"
+    "local t = {}; t.self = t; local r = rt(t); assert(r.self == r)\n"
+    "local a = {}; local b = rt({x=a, y=a}); assert(b.x == b.y and b.x ~= a)\n"
+    "local mt = {__index=function(t, k) return k .. '!' end}\n"
+    "local p = rt({setmetatable({}, mt), setmetatable({}, mt)})\n"
+    "assert(getmetatable(p[1]) == getmetatable(p[2]) and p[1].hi == 'hi!')\n"
+    "local nest = rt({a={b={c={d='deep'}}}}); assert(nest.a.b.c.d == 'deep')\n";
+
+static const char *functions =
+    "local n = 0; local function counter() n = n + 1; return n end\n"
+    "local c = rt(counter); assert(c() == 1 and c() == 2 and n == 0)\n"
+    "local s = 0; local inc = function() s = s + 1 end; local get = function() return s end\n"
+    "local p = rt({inc, get}); p[1](); p[1](); assert(p[2]() == 2 and s == 0)\n"
+    "local function fib(k) if k < 2 then return k end return fib(k-1) + fib(k-2) end\n"
+    "assert(rt(fib)(15) == 610)\n"
+    "function helper_g(x) return x * 2 end\n"
+    "function helper_h(x) return helper_g(x) + 1 end\n"
+    "local f = rt(function(x) return helper_h(x) end)\n"
+    "helper_g, helper_h = nil, nil\n"
+    "assert(f(10) == 21)\n"
+    "local fm = rt(function(x) return string.format('%d', math.floor(x)) end)\n"
+    "assert(fm(2.5) == '2')\n"
+    "local cjson = require 'cjson'\n"
+    "local fj = rt(function() return cjson.encode({1, 2}) end); assert(fj() == '[1,2]')\n"
+    "local outer = function(a) return function(b) return function() return a + b end end end\n"
+    "assert(rt(outer)(1)(2)() == 3 and rt(outer(5))(6)() == 11)\n"
+    "local wg = rt(function() written_global = 42 end); wg(); assert(written_global == 42)\n"
+    "local tb = rt(function() error('boom') end)\n"
+    "local ok, msg = pcall(tb); assert(not ok and msg:find(':%d+: boom'), msg)\n"
+    "local x = rt({print, io.stdout, string, string.format, _G, cjson, cjson.encode, math})\n"
+    "assert(x[1]==print and x[2]==io.stdout and x[3]==string and x[4]==string.format)\n"
+    "assert(x[5]==_G and x[6]==cjson and x[7]==cjson.encode and x[8]==math)\n"
+    "function gfact(k) if k <= 1 then return 1 end return k * gfact(k - 1) end\n"
+    "local gf = rt(gfact); gfact = nil; assert(gf(5) == 120)\n"
+    "local sandbox = setmetatable({answer = 41}, {__index = _G})\n"
+    "local sf = rt(load('return answer + math.floor(1.5)', 'sb', 't', sandbox))\n"
+    "assert(sf() == 42 and answer == nil)\n"
+    "local same = function() return 1 end\n"
+    "assert(core.encode(same) == core.encode(same))\n";
+
+static const char *errors =
+    "fails('value.a.co: cannot send a thread', core.encode, {a={co=coroutine.create(print)}})\n"
+    "fails('args[2]: cannot send a thread', core.encode, {1, coroutine.create(print)}, 'args')\n"
+    "fails('value[\"a b\"]', core.encode, {['a b']=coroutine.create(print)})\n"
+    "fails('cannot send a C function', core.encode, {f=core.encode_unreachable or "
+    "    select(2, pcall(function() return coroutine.wrap(print) end))})\n"
+    "local co = coroutine.create(print)\n"
+    "fails('value.upvalue(co): cannot send a thread', core.encode, function() return co end)\n"
+    "fails('value.<metatable>.x', core.encode, setmetatable({}, {x=co}))\n"
+    "local deep = {}; local t = deep; for i = 1, 199 do t.n = {}; t = t.n end\n"
+    "assert(rt(deep))\n"
+    "t.n = {}; fails('nesting deeper than 200', core.encode, deep)\n"
+    "local cyc = {}; local c = cyc; for i = 1, 150 do c.n = {}; c = c.n end; c.n = cyc\n"
+    "assert(rt(cyc))\n"
+    "fails('malformed message', core.decode, 'LMP\\1\\0\\99')\n"
+    "fails('not an lmp message', core.decode, 'xyz')\n";
+
+static const char *handles =
+    "local mt = {}\n"
+    "mt.__lmp_encode = function(o) return 'toy', o.name, 5, 7 end\n"
+    "core.register_handle('toy', function(payload, a, b)\n"
+    "  return setmetatable({name=payload, fds={a, b}}, mt) end)\n"
+    "local h = setmetatable({name='q1'}, mt)\n"
+    "local r = rt({h, h}); assert(r[1] == r[2] and r[1].name == 'q1')\n"
+    "assert(r[1].fds[1] == 5 and r[1].fds[2] == 7 and getmetatable(r[1]) == mt)\n"
+    "local bad = setmetatable({}, {__lmp_encode = function() return 'nope', '' end})\n"
+    "fails(\"unknown handle type 'nope'\", core.decode, core.encode(bad))\n"
+    "assert(#core.codec_secret() == 8)\n";
+
+/* ---- a userdata type with the handle hook (fds travel in a vector) ---- */
+
+static int toy_encode(lua_State *L) {
+  int *v = luaL_checkudata(L, 1, "test.toy");
+  lua_pushliteral(L, "test.toy");
+  lua_pushfstring(L, "%d", *v);
+  lua_pushinteger(L, 3);
+  lua_pushinteger(L, 4);
+  return 4;
+}
+
+static int toy_decode(lua_State *L) {
+  int *v = lua_newuserdatauv(L, sizeof *v, 0);
+  *v = atoi(luaL_checkstring(L, 1)) + 1000 * (int)luaL_checkinteger(L, 2) +
+       100000 * (int)luaL_checkinteger(L, 3);
+  luaL_setmetatable(L, "test.toy");
+  return 1;
+}
+
+static void test_fd_vector(lua_State *L) {
+  luaL_newmetatable(L, "test.toy");
+  lua_pushcfunction(L, toy_encode);
+  lua_setfield(L, -2, "__lmp_encode");
+  lua_pop(L, 1);
+  run(L, "toy reg", "return nil");
+  lua_getglobal(L, "core");
+  lua_getfield(L, -1, "register_handle");
+  lua_pushliteral(L, "test.toy");
+  lua_pushcfunction(L, toy_decode);
+  lua_call(L, 2, 0);
+  lua_settop(L, 0);
+  lua_createtable(L, 2, 0);
+  int *v = lua_newuserdatauv(L, sizeof *v, 0);
+  *v = 7;
+  luaL_setmetatable(L, "test.toy");
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, 1, 1);
+  lua_rawseti(L, 1, 2);
+  lmp_buf b = {0};
+  lmp_fdvec fv = {0};
+  lmp_encode_buf(L, 1, &b, &fv);
+  CHECK(fv.n == 2 && fv.fd[0] == 3 && fv.fd[1] == 4);
+  CHECK(b.len > CODEC_HEADER && (b.p[4] & CODEC_FLAG_FDINDEX));
+  int fds[2] = {8, 9};
+  lmp_decode(L, b.p, b.len, fds, 2);
+  lua_rawgeti(L, -1, 1);
+  lua_rawgeti(L, -2, 2);
+  CHECK(lua_rawequal(L, -1, -2));
+  CHECK(*(int *)luaL_checkudata(L, -1, "test.toy") == 7 + 8000 + 900000);
+  lmp_buf_free(&b);
+  lmp_fdvec_free(&fv);
+  lua_settop(L, 0);
+}
+
+/* ---- hostile input ---- */
+
+typedef struct msg {
+  const char *p;
+  size_t n;
+} msg;
+
+static int decode_cb(lua_State *L) {
+  msg *m = lua_touserdata(L, 1);
+  lmp_decode(L, m->p, m->n, NULL, 0);
+  return 1;
+}
+
+/* Decodes n bytes in protected mode; returns 1 on success, 0 on a SerializationError, -1 on
+** any other error. */
+static int try_decode(lua_State *L, const char *p, size_t n) {
+  msg m = {p, n};
+  lua_pushcfunction(L, decode_cb);
+  lua_pushlightuserdata(L, &m);
+  int st = lua_pcall(L, 1, 1, 0);
+  int r = 1;
+  if (st != LUA_OK) {
+    r = -1;
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "type");
+      if (lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "SerializationError") == 0) r = 0;
+    }
+  }
+  lua_settop(L, 0);
+  return r;
+}
+
+/* Encodes the value of a Lua expression into a malloc'd buffer. */
+static msg encode_expr(lua_State *L, const char *expr) {
+  char code[4096];
+  snprintf(code, sizeof code, "return core.encode(%s)", expr);
+  msg m = {NULL, 0};
+  if (luaL_dostring(L, code) != LUA_OK) {
+    fprintf(stderr, "encode_expr: %s\n", lua_tostring(L, -1));
+    failures++;
+  } else {
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    char *p = malloc(n);
+    memcpy(p, s, n);
+    m.p = p;
+    m.n = n;
+  }
+  lua_settop(L, 0);
+  return m;
+}
+
+static const char *samples[] = {
+    "{1, 2.5, 'str', true, false, {x = {y = 'z'}}, [10] = -7, [2.5] = 'f'}",
+    ("(function() local t = {1}; t.self = t\n"
+     "  t.mt = setmetatable({}, {__index = t}); return t end)()"),
+    "{print, string.format, io.stdout, _G, math, h = setmetatable({name = 'n'}, toy_mt)}",
+    "string.rep('abc', 50)",
+    "{math.mininteger, math.maxinteger, 0/0, -0.0, 1/0}",
+};
+
+static void test_hostile(lua_State *L) {
+  run(L, "toy", "toy_mt = {__lmp_encode = function(o) return 'toy', o.name, 3 end}");
+  for (size_t s = 0; s < sizeof samples / sizeof *samples; s++) {
+    msg m = encode_expr(L, samples[s]);
+    if (m.p == NULL) continue;
+    CHECK(try_decode(L, m.p, m.n) == 1);
+    for (size_t cut = 0; cut < m.n; cut++) CHECK(try_decode(L, m.p, cut) == 0);
+    char *c = malloc(m.n);
+    for (size_t i = 0; i < m.n; i++) {
+      static const unsigned char vals[] = {0x00, 0x01, 0x07, 0x7f, 0x80, 0xff};
+      for (size_t v = 0; v < sizeof vals; v++) {
+        memcpy(c, m.p, m.n);
+        c[i] = (char)(c[i] ^ vals[v]);
+        CHECK(try_decode(L, c, m.n) >= 0);
+      }
+    }
+    free(c);
+    free((void *)m.p);
+  }
+}
+
+static void test_huge_lengths(lua_State *L) {
+  static const char *cases[] = {
+      "LMP\1\0\5\xff\xff\xff\xff\xff\xff\xff\xff\x7f",         /* string of 2^63 bytes */
+      "LMP\1\0\6\xff\xff\xff\xff\x0f",                           /* array of 2^32 */
+      "LMP\1\0\6\0\xff\xff\xff\xff",                             /* hash of 2^32 */
+      "LMP\1\0\7\x80\x80\x80\x80\x01",                           /* unknown ref */
+      "LMP\1\0\x0b\1t\0\xff\xff\xff\xff\x0f",                    /* 2^32 fds */
+      "LMP\1\0\5\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  /* overlong varint */
+      "LMP\1\0\x0a\x04nope",                                     /* missing module */
+      "LMP\1\0\x08\1\2\3\4\5\6\7\x08\0",                         /* foreign secret */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    size_t n = 5;
+    while (cases[i][n] || n < 7) n++; /* the samples hold NULs only before the end */
+    if (i == 2) n = 11;
+    if (i == 4) n = 14;
+    if (i == 7) n = 15;
+    CHECK(try_decode(L, cases[i], n) == 0);
+  }
+}
+
+/* Builds a message of depth nested one-element tables. */
+static int deep_ok(lua_State *L, int depth) {
+  size_t n = CODEC_HEADER + (size_t)depth * 7 + 1;
+  char *p = malloc(n), *q = p;
+  memcpy(q, "LMP\1\0", 5);
+  q += 5;
+  for (int i = 0; i < depth; i++) *q++ = T_TABLE, *q++ = 1;
+  *q++ = T_NIL;
+  for (int i = 0; i < depth; i++) memset(q, 0, 5), q += 5;
+  int r = try_decode(L, p, (size_t)(q - p));
+  free(p);
+  return r;
+}
+
+static void test_secret(lua_State *L) {
+  msg m = encode_expr(L, "function() return 1 end");
+  CHECK(try_decode(L, m.p, m.n) == 1);
+  uint64_t s = lmp__codec_secret();
+  lmp__codec_set_secret(s ^ 1);
+  CHECK(try_decode(L, m.p, m.n) == 0);
+  run(L, "secret msg",
+      "local ok, e = pcall(core.decode, core.encode(function() end))\n"
+      "assert(ok)\n");
+  lmp__codec_set_secret(s);
+  free((void *)m.p);
+  /* corrupting any byte of a function record signed with another secret never loads it */
+  msg f = encode_expr(L, "function(a) return a + 1 end");
+  lmp__codec_set_secret(s ^ 0x5a5a);
+  char *c = malloc(f.n);
+  for (size_t i = 0; i < f.n; i++) {
+    memcpy(c, f.p, f.n);
+    c[i] ^= 0x55;
+    CHECK(try_decode(L, c, f.n) == 0);
+  }
+  lmp__codec_set_secret(s);
+  free(c);
+  free((void *)f.p);
+}
+
+static int encode_cb(lua_State *L) {
+  lmp_encode(L, 1);
+  return 1;
+}
+
+static void test_light_userdata(lua_State *L) {
+  lua_pushcfunction(L, encode_cb);
+  lua_createtable(L, 0, 1);
+  lua_pushlightuserdata(L, L);
+  lua_setfield(L, -2, "p");
+  CHECK(lua_pcall(L, 1, 1, 0) != LUA_OK);
+  lua_getfield(L, -1, "message");
+  CHECK(lua_isstring(L, -1) &&
+        strcmp(lua_tostring(L, -1), "value.p: cannot send a light userdata") == 0);
+  lua_settop(L, 0);
+}
+
+static void test_big_string(lua_State *L) {
+  run(L, "100 MB string",
+      "local s = string.rep('\\0ab', 35 * 1024 * 1024)\n"
+      "local r = rt(s); assert(#r == #s and r == s)\n"
+      "local big = {}; for i = 1, 1000000 do big[i] = i end\n"
+      "local t0 = os.clock(); local m = core.encode(big); local r = core.decode(m)\n"
+      "assert(#r == 1000000 and r[777777] == 777777)\n"
+      "io.stderr:write(string.format('1e6 integers: %d bytes, %.3f s\\n', #m, os.clock() - t0))\n");
+}
+
+int main(void) {
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  luaL_requiref(L, "lmp.core", luaopen_lmp_core, 0);
+  lua_settop(L, 0);
+  run(L, "prelude", prelude);
+  run(L, "scalars", scalars);
+  run(L, "tables", tables);
+  run(L, "functions", functions);
+  run(L, "errors", errors);
+  run(L, "handles", handles);
+  test_fd_vector(L);
+  test_hostile(L);
+  test_huge_lengths(L);
+  CHECK(deep_ok(L, 200) == 1);
+  CHECK(deep_ok(L, 201) == 0);
+  test_secret(L);
+  test_light_userdata(L);
+  test_big_string(L);
+  lua_close(L);
+  if (failures) fprintf(stderr, "%d failure(s)\n", failures);
+  else printf("test_codec: all passed\n");
+  return failures != 0;
+}
