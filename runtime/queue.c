@@ -79,7 +79,7 @@ static void ring_get(shm_queue *s, uint64_t pos, void *dst, size_t n) {
 /* Free bytes for writers (HDR bytes stay reserved so an ABORT chunk always fits). */
 static uint64_t ring_free(shm_queue *s) {
   uint64_t used = s->tail - __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
-  return s->cap - HDR - used;
+  return used + HDR >= s->cap ? 0 : s->cap - HDR - used; /* an ABORT may use the reserve */
 }
 
 /* Publishes one chunk at tail (the caller holds wlock and checked the room). */

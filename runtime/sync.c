@@ -44,12 +44,16 @@ static __thread uint32_t cached_tid;
 
 static void forget_tid(void) { cached_tid = 0; }
 
+static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_tid); }
+
 uint32_t lmp_tid(void) {
-  if (cached_tid == 0) cached_tid = (uint32_t)syscall(SYS_gettid);
+  if (cached_tid == 0) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_atfork); /* a forked child must not keep its parent's id */
+    cached_tid = (uint32_t)syscall(SYS_gettid);
+  }
   return cached_tid;
 }
-
-static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_tid); }
 
 int lmp_owner_dead(uint32_t tid) {
   if (tid == 0) return 0;
@@ -278,13 +282,25 @@ static void lock_release(lua_State *L, syncobj *s) {
     lmp_raise(L, "ValueError", "semaphore or lock released too many times");
 }
 
+/* The hot path of the Lock/RLock methods: their upvalues 1 and 2 are the two metatables, so
+** the type check is one metatable comparison. */
+static syncobj *fast_lock(lua_State *L) {
+  syncobj *s = lua_touserdata(L, 1);
+  if (s != NULL && lua_getmetatable(L, 1)) {
+    int ok = lua_rawequal(L, -1, lua_upvalueindex(1)) || lua_rawequal(L, -1, lua_upvalueindex(2));
+    lua_pop(L, 1);
+    if (ok && s->o.arena != NULL) return s;
+  }
+  return check_anylock(L, 1);
+}
+
 static int l_lock_acquire(lua_State *L) {
-  syncobj *s = check_anylock(L, 1);
+  syncobj *s = fast_lock(L);
   return push_acquired(L, lock_acquire(L, s, opt_timeout(L, 2)));
 }
 
 static int l_lock_release(lua_State *L) {
-  lock_release(L, check_anylock(L, 1));
+  lock_release(L, fast_lock(L));
   return 0;
 }
 
@@ -720,7 +736,6 @@ static const luaL_Reg meta[] = {{"__gc", obj_gc}, {"__close", obj_gc},
 
 void lmp__open_sync(lua_State *L) {
   int core = lua_gettop(L);
-  register_atfork();
   static const luaL_Reg lock_m[] = {{"acquire", l_lock_acquire}, {"release", l_lock_release},
                                     {"locked", l_lock_locked},   {"with", lmp__with},
                                     {NULL, NULL}};
@@ -734,8 +749,18 @@ void lmp__open_sync(lua_State *L) {
       {"acquire", l_cond_acquire}, {"release", l_cond_release}, {"wait", l_cond_wait},
       {"notify", l_cond_notify},   {"notify_all", l_cond_notify_all}, {"with", lmp__with},
       {NULL, NULL}};
-  lmp_shm_newclass(L, "lmp.Lock", lock_m, meta);
-  lmp_shm_newclass(L, "lmp.RLock", lock_m, meta);
+  for (int k = 0; k < 2; k++) {
+    luaL_newmetatable(L, class_name[k]);
+    luaL_setfuncs(L, meta, 0);
+  }
+  for (int k = 0; k < 2; k++) { /* L: lock_mt rlock_mt */
+    lua_newtable(L);
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    luaL_setfuncs(L, lock_m, 2);
+    lua_setfield(L, -3 + k, "__index");
+  }
+  lua_pop(L, 2);
   lmp_shm_newclass(L, "lmp.Semaphore", sem_m, meta);
   lmp_shm_newclass(L, "lmp.BoundedSemaphore", sem_m, meta);
   lmp_shm_newclass(L, "lmp.Event", event_m, meta);

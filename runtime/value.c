@@ -20,6 +20,7 @@ typedef struct shm_value {
 /* User value 1: the lock (Lock/RLock) or nil. */
 typedef struct valobj {
   lmp_shm_obj o;
+  const struct tcinfo *t; /* cached from the shared header */
 } valobj;
 
 typedef struct tcinfo {
@@ -65,7 +66,7 @@ static valobj *check_val(lua_State *L, int idx, const char *name) {
   return v;
 }
 
-static const tcinfo *info_of(valobj *v) { return find_tc((int)((shm_value *)v->o.p)->tc); }
+static const tcinfo *info_of(valobj *v) { return v->t; }
 
 static char *elem(valobj *v, uint64_t i) {
   shm_value *s = v->o.p;
@@ -179,11 +180,13 @@ static valobj *new_value(lua_State *L, const tcinfo *t, uint64_t n, int is_array
   const char *name = is_array ? "lmp.Array" : "lmp.Value";
   valobj *v = lua_newuserdatauv(L, sizeof *v, 1);
   v->o.arena = NULL;
+  v->t = NULL;
   luaL_setmetatable(L, name);
   if (n > ((uint64_t)1 << 40) / t->size) luaL_error(L, "array too large");
   if (lmp_shm_alloc(sizeof(shm_value) + (size_t)(n * t->size), &v->o) != 0)
     luaL_error(L, "cannot allocate shared memory: %s", strerror(errno));
   shm_value *s = v->o.p;
+  v->t = t;
   s->tc = (uint32_t)t->tc;
   s->is_array = (uint32_t)is_array;
   s->n = n;
@@ -314,6 +317,7 @@ static int decode(lua_State *L, const char *name) {
   if (n != 1 && n != 2) return luaL_error(L, "malformed %s handle", name);
   valobj *v = lua_newuserdatauv(L, sizeof *v, 1);
   v->o.arena = NULL;
+  v->t = NULL;
   luaL_setmetatable(L, name);
   lmp_shm_obj *objs[2] = {&v->o, NULL};
   if (n == 2) {
@@ -342,7 +346,7 @@ static int decode(lua_State *L, const char *name) {
   size_t xl;
   lmp_shm_read_handle(L, objs, 1, &xl);
   shm_value *s = v->o.p;
-  if (find_tc((int)s->tc) == NULL || s->is_array != (strcmp(name, "lmp.Array") == 0))
+  if ((v->t = find_tc((int)s->tc)) == NULL || s->is_array != (strcmp(name, "lmp.Array") == 0))
     return luaL_error(L, "malformed %s handle", name);
   return 1;
 }
@@ -352,8 +356,19 @@ static int dec_array(lua_State *L) { return decode(L, "lmp.Array"); }
 
 /* ---- Value: .value ---- */
 
+/* The object at 1 when its metatable is upvalue 2 (the hot path), else the checked one. */
+static valobj *fast_val(lua_State *L, const char *name) {
+  valobj *v = lua_touserdata(L, 1);
+  if (v != NULL && lua_getmetatable(L, 1)) {
+    int ok = lua_rawequal(L, -1, lua_upvalueindex(2));
+    lua_pop(L, 1);
+    if (ok && v->o.arena != NULL) return v;
+  }
+  return check_val(L, 1, name);
+}
+
 static int value_index(lua_State *L) {
-  valobj *v = check_val(L, 1, "lmp.Value");
+  valobj *v = fast_val(L, "lmp.Value");
   const char *k = lua_tostring(L, 2);
   if (k != NULL && strcmp(k, "value") == 0) {
     push_elem(L, info_of(v), elem(v, 0));
@@ -365,7 +380,7 @@ static int value_index(lua_State *L) {
 }
 
 static int value_newindex(lua_State *L) {
-  valobj *v = check_val(L, 1, "lmp.Value");
+  valobj *v = fast_val(L, "lmp.Value");
   const char *k = lua_tostring(L, 2);
   if (k == NULL || strcmp(k, "value") != 0)
     return luaL_error(L, "cannot set field '%s' of lmp.Value", k ? k : "?");
@@ -386,7 +401,7 @@ static uint64_t check_index(lua_State *L, valobj *v, int idx) {
 }
 
 static int array_index(lua_State *L) {
-  valobj *v = check_val(L, 1, "lmp.Array");
+  valobj *v = fast_val(L, "lmp.Array");
   const tcinfo *t = info_of(v);
   if (lua_type(L, 2) == LUA_TNUMBER) {
     push_elem(L, t, elem(v, check_index(L, v, 2)));
@@ -408,7 +423,7 @@ static int array_index(lua_State *L) {
 }
 
 static int array_newindex(lua_State *L) {
-  valobj *v = check_val(L, 1, "lmp.Array");
+  valobj *v = fast_val(L, "lmp.Array");
   const tcinfo *t = info_of(v);
   shm_value *s = v->o.p;
   if (lua_type(L, 2) == LUA_TNUMBER) {
@@ -471,9 +486,12 @@ static void make_class(lua_State *L, const char *name, lua_CFunction index,
     lua_pushnil(L);
     lua_setfield(L, -2, "totable");
   }
-  lua_pushcclosure(L, index, 1);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, index, 2); /* upvalues: methods, metatable */
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, newindex);
+  lua_pushnil(L);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, newindex, 2);
   lua_setfield(L, -2, "__newindex");
   static const luaL_Reg meta[] = {{"__gc", obj_gc}, {"__close", obj_gc},
                                   {"__lmp_encode", l_encode}, {"__tostring", obj_tostring},
