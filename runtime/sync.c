@@ -529,6 +529,29 @@ static int l_cond_wait(lua_State *L) {
   return 1;
 }
 
+/* wait_for(pred [, timeout]): waits until pred() is true (checked with the lock held, before
+** the first wait and after every wake-up) or the timeout passes; returns pred()'s last value. */
+static int l_cond_wait_for(lua_State *L) {
+  check_kind(L, 1, K_COND);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lmp_deadline d;
+  lmp_deadline_init(&d, opt_wait(L, 3));
+  lua_settop(L, 2);
+  for (;;) {
+    lua_pushvalue(L, 2);
+    lua_call(L, 0, 1);
+    if (lua_toboolean(L, -1)) return 1;
+    double left = d.forever ? -1 : d.end - lmp_monotonic();
+    if (!d.forever && left <= 0) return 1;
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_cond_wait);
+    lua_pushvalue(L, 1);
+    if (d.forever) lua_pushnil(L);
+    else lua_pushnumber(L, left);
+    lua_call(L, 2, 0);
+  }
+}
+
 static void cond_notify(lua_State *L, lua_Integer n) {
   shm_cond *c = check_kind(L, 1, K_COND)->o.p;
   syncobj *ks = cond_lock(L, 1);
@@ -747,7 +770,8 @@ void lmp__open_sync(lua_State *L) {
                                      {NULL, NULL}};
   static const luaL_Reg cond_m[] = {
       {"acquire", l_cond_acquire}, {"release", l_cond_release}, {"wait", l_cond_wait},
-      {"notify", l_cond_notify},   {"notify_all", l_cond_notify_all}, {"with", lmp__with},
+      {"wait_for", l_cond_wait_for}, {"notify", l_cond_notify},
+      {"notify_all", l_cond_notify_all}, {"with", lmp__with},
       {NULL, NULL}};
   for (int k = 0; k < 2; k++) {
     luaL_newmetatable(L, class_name[k]);

@@ -11,31 +11,6 @@ for _, name in ipairs { "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event
   M[name] = core[name]
 end
 
-local registry = debug.getregistry()
-
---- Condition:wait_for(pred [, timeout]): waits until pred() is true (checked with the lock
---- held, before the first wait and after every wake-up) or the timeout passes; returns the
---- last value of pred().
-local condition_methods = registry["lmp.Condition"].__index
-function condition_methods.wait_for(self, pred, timeout)
-  if type(pred) ~= "function" then
-    error("bad argument #1 to 'wait_for' (function expected, got " .. type(pred) .. ")", 2)
-  end
-  local result = pred()
-  local endtime
-  while not result do
-    local waittime
-    if timeout then
-      endtime = endtime or core.monotonic() + timeout
-      waittime = endtime - core.monotonic()
-      if waittime <= 0 then break end
-    end
-    self:wait(waittime)
-    result = pred()
-  end
-  return result
-end
-
 -- Readiness of one object for mp.wait: data to read (Pipe end, Queue) or exited (Process).
 local function is_ready(o)
   local ok, ready = pcall(function() return o._ready end)
