@@ -63,6 +63,7 @@ static queueobj *check_open(lua_State *L, int idx) {
 /* ---- ring copies ---- */
 
 static void ring_put(shm_queue *s, uint64_t pos, const void *src, size_t n) {
+  if (n == 0) return;
   size_t at = (size_t)(pos % s->cap), first = s->cap - at;
   if (first > n) first = n;
   memcpy(s->buf + at, src, first);
@@ -70,6 +71,7 @@ static void ring_put(shm_queue *s, uint64_t pos, const void *src, size_t n) {
 }
 
 static void ring_get(shm_queue *s, uint64_t pos, void *dst, size_t n) {
+  if (n == 0) return;
   size_t at = (size_t)(pos % s->cap), first = s->cap - at;
   if (first > n) first = n;
   memcpy(dst, s->buf + at, first);
