@@ -34,9 +34,10 @@ void lmp_deadline_init(lmp_deadline *d, double timeout);
 ** has passed. May raise InterruptedError through L. */
 double lmp_deadline_slice(lua_State *L, lmp_deadline *d, double cap);
 
-/* ---- the owner-checked mutex: word = owner tid | WAITERS, 0 when free ---- */
+/* ---- the owner-checked mutex: word = owner tid, 0 when free; sleepers = processes asleep ---- */
 typedef struct lmp_mutex {
   uint32_t word;
+  uint32_t sleepers;
 } lmp_mutex;
 
 #define LMP_LOCK_OK 0

@@ -40,7 +40,7 @@ int lmp_futex_wait(uint32_t *w, uint32_t val, double secs) {
 
 void lmp_futex_wake(uint32_t *w, int n) { syscall(SYS_futex, w, FUTEX_WAKE, n, NULL, NULL, 0); }
 
-static __thread uint32_t cached_tid;
+static __thread uint32_t cached_tid __attribute__((tls_model("initial-exec")));
 
 static void forget_tid(void) { cached_tid = 0; }
 
@@ -88,7 +88,7 @@ double lmp_deadline_slice(lua_State *L, lmp_deadline *d, double cap) {
 
 /* ---- the owner-checked mutex ---- */
 
-#define WAITERS 0x80000000u
+#define SPIN 1000
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -97,17 +97,17 @@ static inline void cpu_relax(void) {
 }
 
 static int cas32(uint32_t *w, uint32_t expect, uint32_t desired) {
-  return __atomic_compare_exchange_n(w, &expect, desired, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+  return __atomic_compare_exchange_n(w, &expect, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
 }
 
-uint32_t lmp_mutex_owner(const lmp_mutex *m) {
-  return __atomic_load_n(&m->word, __ATOMIC_RELAXED) & ~WAITERS;
-}
+uint32_t lmp_mutex_owner(const lmp_mutex *m) { return __atomic_load_n(&m->word, __ATOMIC_RELAXED); }
 
+/* Sleepers are counted apart from the owner word so that a release only makes a system call
+** when someone sleeps (a "waiters" bit in the word would stay set after they left). */
 int lmp_mutex_lock(lua_State *L, lmp_mutex *m, double timeout) {
   uint32_t me = lmp_tid(), v;
   if (cas32(&m->word, 0, me)) return LMP_LOCK_OK;
-  for (int i = 0; i < 100 && timeout != 0; i++) {
+  for (int i = 0; i < SPIN && timeout != 0; i++) {
     cpu_relax();
     if (__atomic_load_n(&m->word, __ATOMIC_RELAXED) == 0 && cas32(&m->word, 0, me))
       return LMP_LOCK_OK;
@@ -117,25 +117,24 @@ int lmp_mutex_lock(lua_State *L, lmp_mutex *m, double timeout) {
   int check = timeout == 0;
   double cap = 0.005;
   for (;;) {
-    v = __atomic_load_n(&m->word, __ATOMIC_RELAXED);
+    v = __atomic_load_n(&m->word, __ATOMIC_SEQ_CST);
     if (v == 0) {
-      if (cas32(&m->word, 0, me | WAITERS)) return LMP_LOCK_OK;
+      if (cas32(&m->word, 0, me)) return LMP_LOCK_OK;
       continue;
     }
     if (check) {
       check = 0;
-      if (lmp_owner_dead(v & ~WAITERS)) {
-        if (cas32(&m->word, v, me | WAITERS)) return LMP_LOCK_ABANDONED;
+      if (lmp_owner_dead(v)) {
+        if (cas32(&m->word, v, me)) return LMP_LOCK_ABANDONED;
         continue;
       }
     }
-    if (!(v & WAITERS)) {
-      if (!cas32(&m->word, v, v | WAITERS)) continue;
-      v |= WAITERS;
-    }
     double s = lmp_deadline_slice(L, &d, cap);
     if (s < 0) return LMP_LOCK_TIMEOUT;
-    if (lmp_futex_wait(&m->word, v, s) == ETIMEDOUT) {
+    __atomic_add_fetch(&m->sleepers, 1, __ATOMIC_SEQ_CST);
+    int r = __atomic_load_n(&m->word, __ATOMIC_SEQ_CST) == v ? lmp_futex_wait(&m->word, v, s) : 0;
+    __atomic_sub_fetch(&m->sleepers, 1, __ATOMIC_SEQ_CST);
+    if (r == ETIMEDOUT) {
       check = 1;
       if (cap < 0.05) cap *= 2;
     }
@@ -143,9 +142,9 @@ int lmp_mutex_lock(lua_State *L, lmp_mutex *m, double timeout) {
 }
 
 int lmp_mutex_unlock(lmp_mutex *m) {
-  uint32_t v = __atomic_exchange_n(&m->word, 0, __ATOMIC_RELEASE);
+  uint32_t v = __atomic_exchange_n(&m->word, 0, __ATOMIC_SEQ_CST);
   if (v == 0) return -1;
-  if (v & WAITERS) lmp_futex_wake(&m->word, 1);
+  if (__atomic_load_n(&m->sleepers, __ATOMIC_SEQ_CST) > 0) lmp_futex_wake(&m->word, 1);
   return 0;
 }
 
