@@ -186,6 +186,7 @@ static int fill(lua_State *L, conn *c, size_t want, lmp_deadline *d) {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
     struct cmsghdr align;
   } u;
+  int spins = 0;
   for (;;) {
     struct iovec iov = {c->in.p + c->in.len, c->in.cap - c->in.len};
     struct msghdr m = {0};
@@ -205,6 +206,9 @@ static int fill(lua_State *L, conn *c, size_t want, lmp_deadline *d) {
       if (errno == ECONNRESET) return -1;
       lmp_raise(L, "ValueError", "recv failed: %s", strerror(errno));
     }
+    /* the sender is usually mid-stream: retrying a little is cheaper than sleeping and being
+    ** woken (which also costs the sender a wake-up per message) */
+    if (spins++ < 64) continue;
     if (wait_fd(L, c->fd, POLLIN, d) < 0) return -2;
   }
 }
