@@ -355,11 +355,17 @@ static int l_ready(lua_State *L) {
 
 /* ---- handles: payload = flags byte; the fd goes with it ---- */
 
+/* Payload: flags byte, then the socket's inode (8 bytes, little-endian), so that a decoder
+** handed a raw fd number that means something else in its process notices. */
 static int l_encode(lua_State *L) {
   conn *c = check_conn(L, 1);
-  char flags = (char)(c->readable | c->writable << 1);
+  struct stat st;
+  if (fstat(c->fd, &st) != 0) return luaL_error(L, "fstat: %s", strerror(errno));
+  char p[9];
+  p[0] = (char)(c->readable | c->writable << 1);
+  for (int i = 0; i < 8; i++) p[1 + i] = (char)((uint64_t)st.st_ino >> (8 * i));
   lua_pushliteral(L, "lmp.Connection");
-  lua_pushlstring(L, &flags, 1);
+  lua_pushlstring(L, p, sizeof p);
   lua_pushinteger(L, c->fd);
   return 3;
 }
@@ -368,13 +374,16 @@ static int l_encode(lua_State *L) {
 static int l_decode(lua_State *L) {
   size_t len;
   const char *p = luaL_checklstring(L, 1, &len);
-  if (len != 1 || !lua_isinteger(L, 2))
+  if (len != 9 || !lua_isinteger(L, 2))
     return luaL_error(L, "a Pipe end can only be sent with its descriptor "
-                         "(Process args, pool tasks, another Pipe), not through a Queue");
+                         "(Process args, another Pipe), not through a Queue");
   int fd = (int)lua_tointeger(L, 2);
+  uint64_t ino = 0;
+  for (int i = 0; i < 8; i++) ino |= (uint64_t)(unsigned char)p[1 + i] << (8 * i);
   struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
-    return luaL_error(L, "Pipe end handle: descriptor %d is not a socket", fd);
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || (uint64_t)st.st_ino != ino)
+    return luaL_error(L, "Pipe end handle: descriptor %d is not the pipe's socket here "
+                         "(the descriptor must travel with the message)", fd);
   int mine = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (mine < 0) return luaL_error(L, "cannot duplicate descriptor: %s", strerror(errno));
   push_conn(L, mine, p[0] & 1, (p[0] >> 1) & 1);
