@@ -132,18 +132,71 @@ static void build_revmap(lua_State *L, int loaded) {
   lua_pop(L, 1); /* G */
 }
 
+/* package.loaded gets a __newindex that counts additions (require adds modules that way), so
+** the map is checked with two comparisons instead of a walk over package.loaded. When some
+** other metatable is there, the walk (a fingerprint of entries and identities) is the check. */
+static unsigned long loaded_generation; /* its address keys our metatable in the registry */
+static const char revmap_key;            /* its address keys the map in the registry */
+#define CODEC_LOADED_MT "lmp.codec.loaded_mt"
+
+static int loaded_newindex(lua_State *L) {
+  lua_rawset(L, 1);
+  loaded_generation++;
+  return 0;
+}
+
+/* Pushes our metatable for package.loaded, creating it once. */
+static void push_loaded_mt(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &loaded_generation) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, loaded_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &loaded_generation);
+}
+
+/* 1 when package.loaded (at idx) carries our counting metatable (installing it if it has
+** none). */
+static int loaded_counted(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) {
+    push_loaded_mt(L);
+    lua_setmetatable(L, idx);
+    loaded_generation++;
+    return 1;
+  }
+  push_loaded_mt(L);
+  int ours = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return ours;
+}
+
+/* The state whose map was last found current, and the generation it was current for: the
+** common case (nothing required since) costs one registry lookup. */
+static const void *fresh_state;
+static unsigned long fresh_generation;
+
 void lmp__codec_revmap(lua_State *L) {
+  const void *state = lua_topointer(L, LUA_REGISTRYINDEX);
+  if (state == fresh_state && fresh_generation == loaded_generation) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &revmap_key) == LUA_TTABLE) return;
+    lua_pop(L, 1);
+  }
+  fresh_state = NULL;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   int loaded = lua_gettop(L);
-  lua_Integer count, fp = loaded_fingerprint(L, loaded, &count);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_REVMAP) == LUA_TTABLE) {
+  int counted = loaded_counted(L, loaded);
+  lua_Integer count = -1, fp = (lua_Integer)loaded_generation;
+  if (!counted) fp = loaded_fingerprint(L, loaded, &count);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &revmap_key) == LUA_TTABLE) {
     lua_rawgeti(L, -1, 1);
     lua_rawgeti(L, -2, 2);
     int same = lua_tointeger(L, -2) == count && lua_tointeger(L, -1) == fp &&
-               lua_isinteger(L, -1);
+               lua_isinteger(L, -1) && lua_isinteger(L, -2);
     lua_pop(L, 2);
     if (same) {
       lua_remove(L, loaded);
+      if (counted) fresh_state = state, fresh_generation = loaded_generation;
       return;
     }
   }
@@ -154,8 +207,9 @@ void lmp__codec_revmap(lua_State *L) {
   lua_pushinteger(L, fp);
   lua_rawseti(L, -2, 2);
   lua_pushvalue(L, -1);
-  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_REVMAP);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &revmap_key);
   lua_remove(L, loaded);
+  if (counted) fresh_state = state, fresh_generation = loaded_generation;
 }
 
 /* ---- lmp_encode: the buffer lives in a userdata so a Lua error frees it ---- */

@@ -32,7 +32,10 @@ enum {
   T_GLOBALS = 9, /* the sender's globals table: the receiver's */
   T_MODREF = 10, /* varint len, "module" or "module\0field" */
   T_HANDLE = 11, /* str typename, str payload, varint nfds, varint fd (raw or index) each */
-  T_LAST = T_HANDLE
+  T_TABLE_I = 12, /* a table whose array part is all integers: as T_TABLE, but the narr
+                  ** array values are 8-byte little-endian integers (no tags) */
+  T_TABLE_F = 13, /* likewise, all floats: 8-byte IEEE-754 bits */
+  T_LAST = T_TABLE_F
 };
 
 /* Upvalue record kinds inside T_FUNC. */
@@ -54,6 +57,12 @@ void lmp__codec_set_secret(uint64_t s);
 
 /* Encodes the value at idx like lmp_encode_buf, naming the root `root` in error paths. */
 void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, const char *root);
+
+/* Encodes t[first..first+count-1] (t at idx) as the message of an array table with
+** n = count, as if that slice had been copied into a table: no copy is made. Error paths
+** name elements root[i] with their index in t. */
+void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                       lmp_buf *out, const char *root);
 
 /* Pushes the reverse map of package.loaded (value -> module reference), rebuilt when
 ** package.loaded changed since the last call. */

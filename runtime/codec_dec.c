@@ -10,12 +10,16 @@
 
 #include "codec.h"
 
+#define FEW_REFS 8
+
 typedef struct dec {
   lua_State *L;
   const unsigned char *p, *end;
   const int *fds;
   int nfds, fdindex;
-  int refs;     /* ref id -> object, in the order the encoder numbered them */
+  int refs;     /* ref id -> object beyond FEW_REFS (0 until needed) */
+  int refslot;  /* the stack slot kept for refs */
+  int few0;     /* the first of FEW_REFS stack slots for the first objects */
   lua_Integer nref;
   int G;        /* the receiver's globals */
   int env;      /* the per-message environment (nil until first needed) */
@@ -77,15 +81,30 @@ static void enter(dec *d) {
 }
 
 /* Records the value on top of the stack as the next ref id. */
-static void add_ref(dec *d) {
-  lua_pushvalue(d->L, -1);
-  lua_rawseti(d->L, d->refs, ++d->nref);
+/* Objects are numbered as they are made; T_REF finds them. The first FEW_REFS live in stack
+** slots (most messages have a handful of tables), the rest in a table made when needed. */
+static void set_ref(dec *d, lua_Integer id) {
+  lua_State *L = d->L;
+  if (id <= FEW_REFS) {
+    lua_copy(L, -1, d->few0 + (int)id - 1);
+    return;
+  }
+  if (!d->refs) {
+    lua_createtable(L, 16, 0);
+    lua_replace(L, d->refslot);
+    d->refs = d->refslot;
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->refs, id);
 }
+
+static void add_ref(dec *d) { set_ref(d, ++d->nref); }
 
 /* Pushes the object with ref id id (encoder ids start at 0). */
 static void push_ref(dec *d, uint64_t id) {
   if (id >= (uint64_t)d->nref) bad(d, "reference to an unknown object");
-  lua_rawgeti(d->L, d->refs, (lua_Integer)id + 1);
+  if (id < FEW_REFS) lua_pushvalue(d->L, d->few0 + (int)id);
+  else lua_rawgeti(d->L, d->refs, (lua_Integer)id + 1);
 }
 
 /* Pushes the per-message environment: captured globals over the receiver's globals. */
@@ -113,7 +132,28 @@ static void push_env(dec *d) {
 
 /* Reads a table record: numbered before its contents, so references to it inside resolve;
 ** the metatable is set last so filling the table triggers no metamethod. */
-static void decode_table(dec *d) {
+/* Reads narr raw 8-byte numbers into t[1..narr] (T_TABLE_I / T_TABLE_F). */
+static void get_number_array(dec *d, int t, uint64_t narr, int kind) {
+  lua_State *L = d->L;
+  if (narr > remaining(d) / 8) bad(d, "array larger than the message");
+  const unsigned char *p = (const unsigned char *)d->p;
+  if (!lua_checkstack(L, 2)) bad(d, "Lua stack overflow");
+  for (uint64_t i = 1; i <= narr; i++, p += 8) {
+    uint64_t u = 0;
+    for (int b = 0; b < 8; b++) u |= (uint64_t)p[b] << (8 * b);
+    if (kind == T_TABLE_I) {
+      lua_pushinteger(L, (lua_Integer)u);
+    } else {
+      lua_Number x;
+      memcpy(&x, &u, 8);
+      lua_pushnumber(L, x);
+    }
+    lua_rawseti(L, t, (lua_Integer)i);
+  }
+  d->p += narr * 8;
+}
+
+static void decode_table(dec *d, int kind) {
   lua_State *L = d->L;
   enter(d);
   uint64_t narr = get_varint(d);
@@ -122,9 +162,13 @@ static void decode_table(dec *d) {
   lua_createtable(L, narr > (1u << 24) ? (1 << 24) : (int)narr, 0);
   int t = lua_gettop(L);
   add_ref(d);
-  for (uint64_t i = 1; i <= narr; i++) {
-    decode_value(d);
-    lua_rawseti(L, t, (lua_Integer)i);
+  if (kind != T_TABLE) {
+    get_number_array(d, t, narr, kind);
+  } else {
+    for (uint64_t i = 1; i <= narr; i++) {
+      decode_value(d);
+      lua_rawseti(L, t, (lua_Integer)i);
+    }
   }
   uint64_t nhash = get_fixed(d, 4);
   if (nhash > remaining(d) / 2) bad(d, "table larger than the message");
@@ -281,8 +325,7 @@ static void decode_handle(dec *d) {
     }
   }
   lua_call(L, 1 + (int)nfds, 1);
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, d->refs, id);
+  set_ref(d, id);
 }
 
 /* ---- dispatch ---- */
@@ -294,7 +337,8 @@ static void decode_value(dec *d) {
   size_t n;
   const char *s;
   lua_Number x;
-  switch (get_byte(d)) {
+  int tag = get_byte(d);
+  switch (tag) {
     case T_NIL: lua_pushnil(L); break;
     case T_FALSE: lua_pushboolean(L, 0); break;
     case T_TRUE: lua_pushboolean(L, 1); break;
@@ -311,7 +355,9 @@ static void decode_value(dec *d) {
       s = get_str(d, &n);
       lua_pushlstring(L, s, n);
       break;
-    case T_TABLE: decode_table(d); break;
+    case T_TABLE:
+    case T_TABLE_I:
+    case T_TABLE_F: decode_table(d, tag); break;
     case T_REF: push_ref(d, get_varint(d)); break;
     case T_FUNC: decode_function(d); break;
     case T_GLOBALS: lua_pushvalue(L, d->G); break;
@@ -339,8 +385,11 @@ void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds)
   d.depth = 0;
   if (!lua_checkstack(L, 24)) bad(&d, "Lua stack overflow");
   int base = lua_gettop(L);
-  lua_newtable(L);
-  d.refs = lua_gettop(L);
+  lua_pushnil(L);
+  d.refslot = lua_gettop(L);
+  d.refs = 0;
+  d.few0 = d.refslot + 1;
+  for (int i = 0; i < FEW_REFS; i++) lua_pushnil(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   d.G = lua_gettop(L);
   lua_pushnil(L);

@@ -25,7 +25,10 @@ typedef struct enc {
   lmp_buf *out;
   lmp_fdvec *fds;
   const char *root;
-  int seen;   /* object -> ref id */
+  int seen;   /* light userdata (object address) -> ref id, made when `few` is full */
+  int nfew;   /* objects numbered so far while they fit in `few` */
+  int seenslot; /* the stack slot kept for `seen` */
+  const void *few[8];
   int upv;    /* upvalue id (light userdata) -> function id * 256 + upvalue index */
   int caps;   /* global name -> true once captured in this message */
   int G;      /* the globals table */
@@ -158,25 +161,47 @@ static void put_str(enc *e, const char *s, size_t n) {
 
 /* ---- references ---- */
 
+/* Objects already numbered are found by address: the first few in a small array (most
+** messages have a handful of tables), the rest in a Lua table made when the array is full.
+** Addresses are stable because every object stays reachable while it is encoded. */
+
 /* Writes a T_REF when the object at idx was already sent; returns 1 then. */
 static int put_seen_ref(enc *e, int idx) {
   lua_State *L = e->L;
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, e->seen) == LUA_TNIL) {
+  const void *p = lua_topointer(L, idx);
+  lua_Integer id = -1;
+  for (int i = 0; i < e->nfew; i++)
+    if (e->few[i] == p) {
+      id = i;
+      break;
+    }
+  if (id < 0 && e->seen) {
+    lua_pushlightuserdata(L, (void *)p);
+    if (lua_rawget(L, e->seen) != LUA_TNIL) id = lua_tointeger(L, -1);
     lua_pop(L, 1);
-    return 0;
   }
+  if (id < 0) return 0;
   put_byte(e, T_REF);
-  put_varint(e, (uint64_t)lua_tointeger(L, -1));
-  lua_pop(L, 1);
+  put_varint(e, (uint64_t)id);
   return 1;
 }
 
 /* Gives the object at idx the next ref id (the decoder numbers objects in the same order). */
 static lua_Integer mark(enc *e, int idx) {
-  lua_pushvalue(e->L, idx);
-  lua_pushinteger(e->L, e->nref);
-  lua_rawset(e->L, e->seen);
+  lua_State *L = e->L;
+  const void *p = lua_topointer(L, idx);
+  if (e->nfew < 8 && e->nref == e->nfew) {
+    e->few[e->nfew++] = p;
+    return e->nref++;
+  }
+  if (!e->seen) {
+    lua_createtable(L, 0, 32);
+    lua_replace(L, e->seenslot);
+    e->seen = e->seenslot;
+  }
+  lua_pushlightuserdata(L, (void *)p);
+  lua_pushinteger(L, e->nref);
+  lua_rawset(L, e->seen);
   return e->nref++;
 }
 
@@ -249,6 +274,39 @@ static void encode_handle(enc *e, int idx) {
 
 /* ---- tables ---- */
 
+/* T_TABLE_I when t[1..narr] are all integers, T_TABLE_F when all floats, else T_TABLE.
+** Arrays of numbers are the bulk of map-like traffic: they go as raw 8-byte values. */
+static int array_kind(lua_State *L, int idx, lua_Integer first, lua_Integer narr) {
+  int ints = 1, floats = 1;
+  for (lua_Integer i = first; i < first + narr && (ints || floats); i++) {
+    if (lua_rawgeti(L, idx, i) != LUA_TNUMBER) ints = floats = 0;
+    else if (lua_isinteger(L, -1)) floats = 0;
+    else ints = 0;
+    lua_pop(L, 1);
+  }
+  return ints ? T_TABLE_I : floats ? T_TABLE_F : T_TABLE;
+}
+
+/* Writes t[first..first+narr-1] as raw little-endian 8-byte integers or float bits. */
+static void put_number_array(enc *e, int idx, lua_Integer first, lua_Integer narr, int kind) {
+  lua_State *L = e->L;
+  if ((uint64_t)narr > ((size_t)-1) / 16) fail(e, "table too large");
+  unsigned char *p = room(e, (size_t)narr * 8);
+  for (lua_Integer i = first; i < first + narr; i++, p += 8) {
+    uint64_t u;
+    lua_rawgeti(L, idx, i);
+    if (kind == T_TABLE_I) {
+      u = (uint64_t)lua_tointeger(L, -1);
+    } else {
+      lua_Number d = lua_tonumber(L, -1);
+      memcpy(&u, &d, 8);
+    }
+    lua_pop(L, 1);
+    for (int b = 0; b < 8; b++) p[b] = (unsigned char)(u >> (8 * b));
+  }
+  e->out->len += (size_t)narr * 8;
+}
+
 /* Writes the table at idx: a back reference, the globals, a module reference, a handle, or
 ** its contents (array part, other pairs, metatable) numbered before them so cycles resolve. */
 static void encode_table(enc *e, int idx) {
@@ -266,18 +324,23 @@ static void encode_table(enc *e, int idx) {
     return;
   }
   mark(e, idx);
-  put_byte(e, T_TABLE);
   lua_Integer narr = (lua_Integer)lua_rawlen(L, idx);
+  int kind = narr >= 4 ? array_kind(L, idx, 1, narr) : T_TABLE;
+  put_byte(e, kind);
   put_varint(e, (uint64_t)narr);
-  push_frame(e, F_INDEX, 0, 0, NULL);
-  frame *f = &e->frames[e->nframe - 1];
-  for (lua_Integer i = 1; i <= narr; i++) {
-    f->i = i;
-    lua_rawgeti(L, idx, i);
-    encode_value(e, lua_gettop(L));
-    lua_pop(L, 1);
+  if (kind != T_TABLE) {
+    put_number_array(e, idx, 1, narr, kind);
+  } else {
+    push_frame(e, F_INDEX, 0, 0, NULL);
+    frame *f = &e->frames[e->nframe - 1];
+    for (lua_Integer i = 1; i <= narr; i++) {
+      f->i = i;
+      lua_rawgeti(L, idx, i);
+      encode_value(e, lua_gettop(L));
+      lua_pop(L, 1);
+    }
+    pop_frame(e);
   }
-  pop_frame(e);
   size_t countpos = e->out->len;
   put_bytes(e, "\0\0\0\0", 4);
   uint64_t count = 0;
@@ -466,9 +529,26 @@ static void scan_globals(lua_State *L, int entry, const char *chunk, size_t n) {
   lua_pop(L, 1);
 }
 
+/* Pushes the weak-keyed closure cache, creating it on first use. */
+static void push_fcache(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
+}
+
 /* Pushes the cache entry {bytecode, global names...} of the Lua function at idx. */
 static void push_fentry(enc *e, int idx) {
   lua_State *L = e->L;
+  if (lua_isnil(L, e->fcache)) {
+    push_fcache(L);
+    lua_replace(L, e->fcache);
+  }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->fcache) == LUA_TTABLE) return;
   lua_pop(L, 1);
@@ -674,48 +754,77 @@ static void encode_value(enc *e, int idx) {
   }
 }
 
-/* Pushes the weak-keyed closure cache, creating it on first use. */
-static void push_fcache(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE) == LUA_TTABLE) return;
-  lua_pop(L, 1);
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
-}
 
 /* Sets up the per-message tables on the stack, writes the header and the value, and pops
 ** everything it pushed. */
+/* Sets up an encoder: the per-message slots on the stack and the header. */
+static void enc_init(enc *e, lua_State *L, lmp_buf *out, lmp_fdvec *fds, const char *root) {
+  e->L = L;
+  e->out = out;
+  e->fds = fds;
+  e->root = root ? root : "value";
+  e->nref = 0;
+  e->depth = e->nframe = 0;
+  e->have_rev = 0;
+  e->seen = 0;
+  e->nfew = 0;
+  if (!lua_checkstack(L, 24)) fail(e, "Lua stack overflow");
+  lua_pushnil(L);
+  e->seenslot = lua_gettop(L);
+  lua_pushnil(L); /* upv and caps are made by the first function */
+  e->upv = lua_gettop(L);
+  lua_pushnil(L);
+  e->caps = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  e->G = lua_gettop(L);
+  lua_pushnil(L); /* the closure cache, fetched by the first function */
+  e->fcache = lua_gettop(L);
+  lua_pushnil(L);
+  e->rev = lua_gettop(L);
+  unsigned char hdr[CODEC_HEADER] = {CODEC_MAGIC0, CODEC_MAGIC1, CODEC_MAGIC2, CODEC_VERSION,
+                                     fds ? CODEC_FLAG_FDINDEX : 0};
+  put_bytes(e, hdr, sizeof hdr);
+}
+
 void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, const char *root) {
   enc e;
   idx = lua_absindex(L, idx);
   int top = lua_gettop(L);
-  e.L = L;
-  e.out = out;
-  e.fds = fds;
-  e.root = root ? root : "value";
-  e.nref = 0;
-  e.depth = e.nframe = 0;
-  e.have_rev = 0;
-  if (!lua_checkstack(L, 24)) fail(&e, "Lua stack overflow");
-  lua_newtable(L);
-  e.seen = lua_gettop(L);
-  lua_pushnil(L); /* upv and caps are made by the first function */
-  e.upv = lua_gettop(L);
-  lua_pushnil(L);
-  e.caps = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  e.G = lua_gettop(L);
-  push_fcache(L);
-  e.fcache = lua_gettop(L);
-  lua_pushnil(L);
-  e.rev = lua_gettop(L);
-  unsigned char hdr[CODEC_HEADER] = {CODEC_MAGIC0, CODEC_MAGIC1, CODEC_MAGIC2, CODEC_VERSION,
-                                     fds ? CODEC_FLAG_FDINDEX : 0};
-  put_bytes(&e, hdr, sizeof hdr);
+  enc_init(&e, L, out, fds, root);
   encode_value(&e, idx);
+  lua_settop(L, top);
+}
+
+void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                       lmp_buf *out, const char *root) {
+  enc e;
+  idx = lua_absindex(L, idx);
+  int top = lua_gettop(L);
+  enc_init(&e, L, out, NULL, root);
+  e.few[e.nfew++] = NULL; /* ref id 0: the array table of the message, never referenced */
+  e.nref++;
+  int kind = count >= 4 ? array_kind(L, idx, first, count) : T_TABLE;
+  put_byte(&e, kind);
+  put_varint(&e, (uint64_t)count);
+  if (kind != T_TABLE) {
+    put_number_array(&e, idx, first, count, kind);
+  } else {
+    e.depth = 1;
+    push_frame(&e, F_INDEX, 0, 0, NULL);
+    frame *f = &e.frames[e.nframe - 1];
+    for (lua_Integer i = first; i < first + count; i++) {
+      f->i = i;
+      lua_rawgeti(L, idx, i);
+      encode_value(&e, lua_gettop(L));
+      lua_pop(L, 1);
+    }
+    pop_frame(&e);
+  }
+  put_bytes(&e, "\1\0\0\0", 4); /* one pair: n = count */
+  put_byte(&e, T_STR);
+  put_str(&e, "n", 1);
+  lua_pushinteger(L, count);
+  encode_value(&e, lua_gettop(L));
+  put_byte(&e, T_NIL); /* no metatable */
   lua_settop(L, top);
 }

@@ -70,6 +70,7 @@ void lmp__open_loop(lua_State *L);
 void lmp__open_process(lua_State *L);
 void lmp__open_worker(lua_State *L);
 void lmp__open_pool(lua_State *L);
+void lmp__open_result(lua_State *L);
 void lmp__open_shm(lua_State *L);
 
 /* ---- blocking waits ---- */

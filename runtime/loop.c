@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "lmp_int.h"
+#include "lmp.h"
 #include "loop.h"
 
 #define LOOP_KEY "lmp.loop"
@@ -428,4 +429,36 @@ void lmp__open_loop(lua_State *L) {
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
   lmp_loop_get(L);
+}
+
+/* ---- the embedding entries (lmp.h) ---- */
+
+int lmp_poll(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
+  int loaded = lua_touserdata(L, -1) != NULL;
+  lua_pop(L, 1);
+  if (!loaded) return -1;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lmp");
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  lua_getfield(L, -1, "poll");
+  lua_remove(L, -2);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  int n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return n;
+}
+
+int lmp_backend_fd(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
+  lmp_loop **box = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (box == NULL || *box == NULL) return -1;
+  return uv_backend_fd(&(*box)->uv);
 }

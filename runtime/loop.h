@@ -56,10 +56,15 @@ typedef void (*lmp_child_exit_fn)(void *ud, pid_t pid, int exitcode);
 int lmp_child_watch(pid_t pid, lmp_child_exit_fn fn, void *ud);
 
 /* Forks a child that runs `lmp.process`'s bootstrap on payload in a fresh Lua state.
-** mode tells the bootstrap what the payload is ("process", "worker"...). Returns the pid, or
-** -1 with errno set. */
+** mode tells the bootstrap what the payload is ("process", "worker"...). keep_fd (or -1) is a
+** descriptor the child must keep even with the "spawn" method. Returns the pid, or -1 with
+** errno set. */
 pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mode,
-                     int daemon);
+                     int daemon, int keep_fd);
+
+/* 1 when children are started with the "spawn" method (fork + exec of lmp): they then keep
+** only keep_fd of this process's descriptors and no memory mapping. */
+int lmp_start_method_spawn(void);
 
 /* Reaps every exited child lmp started (never other children). */
 void lmp_children_reap(void);

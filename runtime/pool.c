@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,6 +28,7 @@
 #include "frame.h"
 #include "lmp_int.h"
 #include "loop.h"
+#include "result.h"
 
 #define POOL_MT "lmp.PoolCore"
 #define FNCACHE_MAX 512 /* distinct task functions remembered before the cache is reset */
@@ -76,6 +78,7 @@ typedef struct worker {
   long sent;           /* tasks sent, for maxtasksperchild */
   int events;          /* what the poll handle watches */
   int eof, reaped, exitcode, overdue, quitting, ready;
+  lmp_ring *ring;      /* its results ring (frame.h), shared with the worker */
 } worker;
 
 typedef struct pool {
@@ -86,8 +89,11 @@ typedef struct pool {
   uint64_t next_id;
   uint32_t next_fnid;
   int handler;         /* registry ref: the Lua handler */
+  int pending;         /* registry ref: task id -> its AsyncResult or chunk record */
   fnent *fnhash[FNHASH]; /* cached functions by the hash of their message (open addressing) */
   int nfn;             /* entries in the cache */
+  int snaps;           /* registry ref: closure -> snapshot (weak keys), see fn_for */
+  lmp_buf scratch;     /* encoding space, reused by every submit */
   char *init;          /* codec message for worker start (initializer...) */
   size_t initlen;
   long maxtasks;
@@ -100,8 +106,12 @@ typedef struct pool {
   tqueue held;         /* encoded, not yet queued (a map's chunks before the last is encoded) */
   double avg;          /* moving average of task durations (s) */
   uv_timer_t timer;    /* overdue-task check */
-  uv_prepare_t prepare;/* flushes coalesced writes before the loop blocks */
+  uv_prepare_t prepare;/* before the loop blocks: flush writes, read the rings */
+  uv_check_t check;    /* after it woke: workers need not announce results any more */
+  uv_idle_t idle;      /* keeps the loop from blocking when results were just read */
+  lmp_buf ringcopy;    /* a frame that wraps around the end of a ring, made whole */
   int timer_on;
+  int since_pump;      /* submits since the loop last ran from submit */
   long timeouts;       /* tasks with a timeout in flight */
 } pool;
 
@@ -113,6 +123,7 @@ static void dispatch(pool *p);
 static void pool_maybe_free(pool *p);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *h);
+static int new_weak_table(lua_State *L);
 
 /* ---- tasks and queues ---- */
 
@@ -164,10 +175,24 @@ typedef struct delivery {
   int exitcode;
 } delivery;
 
-/* Protected: decodes the value and calls the handler. */
+/* Protected: finds what waits for the result, decodes the value and settles it: in C when it
+** is an AsyncResult without callbacks that succeeded, else through the Lua handler
+**     handler(id, status, value, index, pid, waiter) */
 static int pdeliver(lua_State *L) {
   pool *p = lua_touserdata(L, 1);
   delivery *d = lua_touserdata(L, 2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->pending);
+  if (lua_rawgeti(L, -1, (lua_Integer)d->id) == LUA_TNIL) return 0; /* cancelled, given up */
+  int waiter = lua_gettop(L);
+  lua_pushnil(L);
+  lua_rawseti(L, waiter - 1, (lua_Integer)d->id);
+  lmp_result *r = luaL_testudata(L, waiter, RESULT_MT);
+  int ok = strcmp(d->status, "ok") == 0;
+  if (r != NULL && ok && !r->callbacks) {
+    lmp_decode(L, d->msg, d->len, NULL, 0);
+    lmp_result_settle(L, waiter, 1);
+    return 0;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler);
   lua_pushinteger(L, (lua_Integer)d->id);
   lua_pushstring(L, d->status);
@@ -184,7 +209,8 @@ static int pdeliver(lua_State *L) {
   }
   lua_pushinteger(L, d->index);
   lua_pushinteger(L, d->pid);
-  lua_call(L, 5, 0);
+  lua_pushvalue(L, waiter);
+  lua_call(L, 6, 0);
   return 0;
 }
 
@@ -293,6 +319,7 @@ static int worker_accepts(pool *p, worker *w) {
 static void worker_closed(uv_handle_t *h) {
   worker *w = (worker *)h;
   pool *p = w->pool;
+  if (w->ring) munmap(w->ring, RING_BYTES);
   lmp_buf_free(&w->in);
   lmp_buf_free(&w->out);
   free(w->known);
@@ -328,10 +355,12 @@ static int pspawn(lua_State *L) {
   lua_setfield(L, -2, "maxtasks");
   lua_pushlstring(L, p->init, p->initlen);
   lua_setfield(L, -2, "init");
+  lua_pushinteger(L, (lua_Integer)(intptr_t)w->ring);
+  lua_setfield(L, -2, "ring");
   lmp_encode(L, -1);
   size_t n;
   const char *payload = lua_tolstring(L, -1, &n);
-  pid_t pid = lmp_fork_child(L, payload, n, "worker", 1);
+  pid_t pid = lmp_fork_child(L, payload, n, "worker", 1, childfd);
   lua_pushinteger(L, pid);
   return 1;
 }
@@ -350,6 +379,12 @@ static int spawn_worker(pool *p, lua_State *L, int s) {
   w->slot = s;
   w->fd = sv[0];
   w->number = ++worker_counter;
+  void *ring = lmp_start_method_spawn() ? MAP_FAILED /* exec keeps no mapping */
+                : mmap(NULL, RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (ring != MAP_FAILED) { /* without it, results simply all go through the socket */
+    w->ring = ring;
+    w->ring->size = RING_DATA;
+  }
   int sz = 1 << 20;
   setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
   setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
@@ -366,9 +401,12 @@ static int spawn_worker(pool *p, lua_State *L, int s) {
   if (pid <= 0) {
     lmp_fd_disown(sv[0]);
     close(sv[0]);
+    if (w->ring) munmap(w->ring, RING_BYTES);
     free(w);
     return -1;
   }
+  /* the worker has its ring now; children forked later need not inherit it */
+  if (w->ring) madvise(w->ring, RING_BYTES, MADV_DONTFORK);
   w->pid = pid;
   fcntl(w->fd, F_SETFL, fcntl(w->fd, F_GETFL) | O_NONBLOCK);
   uv_poll_init(&p->lp->uv, &w->poll, w->fd);
@@ -410,10 +448,60 @@ static void on_result(pool *p, worker *w, const char *f, size_t len) {
   deliver(p, p->lp->L, &d);
 }
 
-/* Reads what is there and handles every complete frame. Returns 0 at EOF or error. */
+/* Handles one frame from w (socket or ring): flen counts the type byte and the payload. */
+static void handle_frame(pool *p, worker *w, const char *fr, uint32_t flen) {
+  if (fr[4] == F_RESULT) {
+    on_result(p, w, fr + FRAME_HEAD, flen - 1);
+  } else if (fr[4] == F_READY) {
+    w->ready = 1;
+    p->init_failures = 0;
+  } /* F_WAKE: only a wake-up, the ring is read below */
+}
+
+/* Handles the frames the worker committed to its ring; returns how many. */
+static int drain_ring(pool *p, worker *w) {
+  lmp_ring *r = w->ring;
+  if (r == NULL) return 0;
+  int n = 0;
+  for (;;) {
+    uint64_t tail = r->tail, head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+    if (head - tail < FRAME_HEAD) break;
+    char lenb[4];
+    for (int i = 0; i < 4; i++) lenb[i] = r->data[(tail + (uint64_t)i) % r->size];
+    uint32_t flen = get_u32(lenb);
+    if (flen < 1 || 4 + (uint64_t)flen > head - tail) { /* the worker writes whole frames */
+      kill(w->pid, SIGKILL);
+      r->tail = head;
+      break;
+    }
+    size_t at = (size_t)(tail % r->size), total = 4 + (size_t)flen;
+    const char *fr = r->data + at;
+    if (at + total > r->size) { /* wraps around: make it whole */
+      p->ringcopy.len = 0;
+      if (lmp_buf_reserve(&p->ringcopy, total) != 0) break;
+      memcpy(p->ringcopy.p, r->data + at, r->size - at);
+      memcpy(p->ringcopy.p + (r->size - at), r->data, total - (r->size - at));
+      fr = p->ringcopy.p;
+    }
+    /* the space is given back before the frame is handled: a callback may do anything */
+    if (fr != r->data + at) __atomic_store_n(&r->tail, tail + total, __ATOMIC_RELEASE);
+    handle_frame(p, w, fr, flen);
+    if (fr == r->data + at) __atomic_store_n(&r->tail, tail + total, __ATOMIC_RELEASE);
+    n++;
+    if (p->w[w->slot] != w) break; /* retired by a callback */
+  }
+  return n;
+}
+
+/* Reads what is there and handles every complete frame, then the ring's. Returns 0 at EOF or
+** on error. */
 static int drain(pool *p, worker *w) {
   for (;;) {
-    if (w->inpos == w->in.len) w->in.len = w->inpos = 0;
+    if (w->inpos > 0) { /* keep only the partial frame, at the start */
+      memmove(w->in.p, w->in.p + w->inpos, w->in.len - w->inpos);
+      w->in.len -= w->inpos;
+      w->inpos = 0;
+    }
     if (lmp_buf_reserve(&w->in, 65536) != 0) return 0;
     ssize_t n = recv(w->fd, w->in.p + w->in.len, w->in.cap - w->in.len, 0);
     if (n < 0 && errno == EINTR) continue;
@@ -422,6 +510,7 @@ static int drain(pool *p, worker *w) {
     } else if (n > 0) {
       w->in.len += (size_t)n;
     }
+    int more = n > 0 && (size_t)n == w->in.cap - (w->in.len - (size_t)n); /* filled: maybe more */
     /* every complete frame */
     while (w->in.len - w->inpos >= FRAME_HEAD) {
       uint32_t flen = get_u32(w->in.p + w->inpos);
@@ -436,17 +525,15 @@ static int drain(pool *p, worker *w) {
       }
       const char *fr = w->in.p + w->inpos;
       w->inpos += 4 + (size_t)flen;
-      if (fr[4] == F_RESULT) on_result(p, w, fr + FRAME_HEAD, flen - 1);
-      else if (fr[4] == F_READY) {
-        w->ready = 1;
-        p->init_failures = 0;
-      }
+      handle_frame(p, w, fr, flen);
       if (p->w[w->slot] != w) return 0; /* retired by a callback */
     }
     if (w->inpos > 0 && w->inpos == w->in.len) w->in.len = w->inpos = 0;
-    if (w->eof) return 0;
-    if (n < 0) return 1; /* EAGAIN: all read */
+    if (w->eof) break;
+    if (n < 0 || !more) break; /* EAGAIN or a short read: all there was */
   }
+  drain_ring(p, w);
+  return !w->eof;
 }
 
 static void on_poll(uv_poll_t *h, int status, int events) {
@@ -542,7 +629,12 @@ static void worker_lost(pool *p, worker *w) {
     }
   }
   if (p->dead) return;
-  if (!ready && p->state != TERMINATE && ++p->init_failures >= 3) {
+  if (p->state == TERMINATE) /* what went back to the queue will never run now */
+    fail_queue(p, L, "the pool was terminated before the task ran", pid, code);
+  /* Workers that die before they are ready, in a row: an initializer that fails (it exits
+  ** with a status) breaks the pool after 3; deaths by signal (a killer outside, a crash) after
+  ** 9, so random kills of fresh workers do not pass for a broken initializer. */
+  if (!ready && p->state != TERMINATE && (p->init_failures += code > 0 ? 3 : 1) >= 9) {
     p->broken = 1;
     fail_queue(p, L, "pool workers die before they are ready (does the initializer fail?)", pid, code);
   }
@@ -575,12 +667,13 @@ static int pick(pool *p) {
   return best;
 }
 
-/* A worker's share of queued tasks: many small ones go together, long ones one by one. */
+/* A worker's share of queued tasks: many small ones go together (fewer wake-ups), long or
+** unknown ones one by one (balance, and cancel() works until a worker takes the task). */
 static void tune_window(pool *p) {
-  if (p->avg == 0 || p->avg > 0.005) p->window = 2;
-  else if (p->avg > 0.0005) p->window = 8;
-  else p->window = 64;
-  if (p->window < 1) p->window = 1;
+  if (p->avg == 0 || p->avg > 0.005) p->window = 1; /* unknown or slow: one at a time */
+  else if (p->avg > 0.0005) p->window = 4;
+  else if (p->avg > 0.0001) p->window = 32;
+  else p->window = 256;
 }
 
 static void dispatch(pool *p) {
@@ -602,7 +695,7 @@ static void dispatch(pool *p) {
     if (idle) t->started = now;
     if (t->timeout > 0) p->timeouts++;
     /* an idle worker gets its task now; busy ones get theirs in one write later */
-    if (idle || w->out.len - w->outpos > 65536) flush(w);
+    if (idle || w->out.len - w->outpos > 16384) flush(w);
   }
   if (p->state == CLOSE && p->queue.n == 0) {
     for (int i = 0; i < p->n; i++) {
@@ -620,12 +713,37 @@ static void dispatch(pool *p) {
   }
 }
 
-/* Before the loop blocks: write everything coalesced so far. */
+static void on_idle(uv_idle_t *h) { uv_idle_stop(h); }
+
+/* Before the loop blocks: write everything coalesced so far, read the rings, and tell the
+** workers to announce what comes next (then look once more, so nothing slips between). When
+** results were read, the loop must not block this time: the idle handle sees to that. */
 static void on_prepare(uv_prepare_t *h) {
   pool *p = h->data;
+  int got = 0;
   for (int i = 0; i < p->n; i++) {
     worker *w = p->w[i];
     if (w && w->outpos < w->out.len) flush(w);
+    if (w && p->w[i] == w) got += drain_ring(p, w);
+  }
+  for (int i = 0; i < p->n && !got; i++) {
+    worker *w = p->w[i];
+    if (!w || !w->ring) continue;
+    __atomic_store_n(&w->ring->parent_waiting, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&w->ring->head, __ATOMIC_SEQ_CST) != w->ring->tail) got += drain_ring(p, w);
+  }
+  if (got) {
+    dispatch(p);
+    uv_idle_start(&p->idle, on_idle);
+  }
+}
+
+/* After the loop woke up: the parent is busy, workers need not announce results. */
+static void on_check(uv_check_t *h) {
+  pool *p = h->data;
+  for (int i = 0; i < p->n; i++) {
+    worker *w = p->w[i];
+    if (w && w->ring) __atomic_store_n(&w->ring->parent_waiting, 0, __ATOMIC_RELAXED);
   }
 }
 
@@ -669,6 +787,8 @@ static void pool_maybe_free(pool *p) {
   task *t;
   while ((t = q_pop(&p->queue)) != NULL) task_free(t);
   fncache_reset(p);
+  lmp_buf_free(&p->scratch);
+  lmp_buf_free(&p->ringcopy);
   free(p->w);
   free(p->init);
   free(p);
@@ -721,20 +841,25 @@ static int pool_gc(lua_State *L) {
     worker_retire(p, w);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, p->handler);
-  p->closes += 2;
+  luaL_unref(L, LUA_REGISTRYINDEX, p->pending);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->snaps);
+  p->closes += 4;
   uv_close((uv_handle_t *)&p->timer, handle_closed);
   uv_close((uv_handle_t *)&p->prepare, handle_closed);
+  uv_close((uv_handle_t *)&p->check, handle_closed);
+  uv_close((uv_handle_t *)&p->idle, handle_closed);
   if (!p->lp->running && !p->lp->closed) uv_run(&p->lp->uv, UV_RUN_NOWAIT);
   return 0;
 }
 
-/* pool_new(handler, n, init_message, maxtasks) -> pool core */
+/* pool_new(handler, n, init_message, maxtasks, pending) -> pool core */
 static int l_pool_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int n = (int)luaL_checkinteger(L, 2);
   size_t initlen;
   const char *init = luaL_checklstring(L, 3, &initlen);
   lua_Integer maxtasks = luaL_optinteger(L, 4, 0);
+  luaL_checktype(L, 5, LUA_TTABLE);
   luaL_argcheck(L, n >= 1 && n <= 4096, 2, "processes must be between 1 and 4096");
   pbox *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->p = NULL;
@@ -753,16 +878,26 @@ static int l_pool_new(lua_State *L) {
   p->initlen = initlen;
   p->n = n;
   p->maxtasks = maxtasks;
-  p->window = 2;
+  p->window = 1;
   p->lp = lmp_loop_get(L);
   lua_pushvalue(L, 1);
   p->handler = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 5);
+  p->pending = luaL_ref(L, LUA_REGISTRYINDEX);
+  p->snaps = new_weak_table(L);
   uv_timer_init(&p->lp->uv, &p->timer);
   p->timer.data = p;
   uv_prepare_init(&p->lp->uv, &p->prepare);
   p->prepare.data = p;
   uv_prepare_start(&p->prepare, on_prepare);
   uv_unref((uv_handle_t *)&p->prepare);
+  uv_check_init(&p->lp->uv, &p->check);
+  p->check.data = p;
+  uv_check_start(&p->check, on_check);
+  uv_unref((uv_handle_t *)&p->check);
+  uv_idle_init(&p->lp->uv, &p->idle);
+  p->idle.data = p;
+  uv_unref((uv_handle_t *)&p->idle);
   b->p = p;
   p->lp->active++;
   for (int i = 0; i < n; i++) {
@@ -782,9 +917,21 @@ static uint64_t fnv1a(const char *s, size_t n) {
   return h;
 }
 
+/* A fresh weak-keyed table (for the closure snapshots). */
+static int new_weak_table(lua_State *L) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 /* Forgets every cached function, here and in the workers. */
-static void fncache_clear(pool *p) {
+static void fncache_clear(lua_State *L, pool *p) {
   fncache_reset(p);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->snaps); /* snapshots point into the cache */
+  p->snaps = new_weak_table(L);
   for (int i = 0; i < p->n; i++) {
     worker *w = p->w[i];
     if (!worker_alive(w)) continue;
@@ -793,24 +940,118 @@ static void fncache_clear(pool *p) {
   }
 }
 
-/* The function entry for the closure at idx. The closure is encoded every time and looked up
-** by content: the same code with the same upvalues and captured globals is the same entry
-** (even as a new closure object), a changed upvalue makes a new one. */
+/* A snapshot lets a closure skip encoding when it is submitted again unchanged:
+**   {fnent, nup, upvalue 1..nup, name1, value1, name2, value2...}
+** It is made only when every upvalue and captured global is a value whose identity says it
+** all: nil, a boolean, number or string, the globals table as _ENV, or a module (sent by
+** reference). A table or a function sent by value may have changed inside, so a closure
+** holding one is encoded at every submit. */
+static int snap_value_ok(lua_State *L, int v, int rev) {
+  int t = lua_type(L, v);
+  if (t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING) return 1;
+  lua_pushvalue(L, v);
+  int is_module = lua_rawget(L, rev) != LUA_TNIL;
+  lua_pop(L, 1);
+  return is_module;
+}
+
+/* Makes the snapshot of the closure at idx, encoded as f, if it qualifies. */
+static void snap_make(lua_State *L, pool *p, int idx, fnent *f) {
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int G = lua_gettop(L);
+  lmp__codec_revmap(L);
+  int rev = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) != LUA_TTABLE) goto out; /* the codec's {bytecode, names...} */
+  int entry = lua_gettop(L);
+  lua_newtable(L);
+  int snap = lua_gettop(L);
+  lua_pushlightuserdata(L, f);
+  lua_rawseti(L, snap, 1);
+  int nup = 0, k = 3;
+  const char *name;
+  while ((name = lua_getupvalue(L, idx, nup + 1)) != NULL) {
+    nup++;
+    int ok = (strcmp(name, "_ENV") == 0) ? lua_rawequal(L, -1, G) : snap_value_ok(L, lua_gettop(L), rev);
+    if (!ok) goto out;
+    lua_rawseti(L, snap, k++);
+  }
+  lua_pushinteger(L, nup);
+  lua_rawseti(L, snap, 2);
+  for (lua_Integer i = 2; lua_rawgeti(L, entry, i) == LUA_TSTRING; i++) {
+    lua_pushvalue(L, -1);
+    lua_rawget(L, G);
+    if (!snap_value_ok(L, lua_gettop(L), rev)) goto out;
+    lua_rawseti(L, snap, k + 1);
+    lua_rawseti(L, snap, k);
+    k += 2;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->snaps);
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, snap);
+  lua_rawset(L, -3);
+out:
+  lua_settop(L, top);
+}
+
+/* The entry of the closure at idx if its snapshot still holds, else NULL. */
+static fnent *snap_check(lua_State *L, pool *p, int idx) {
+  int top = lua_gettop(L);
+  fnent *f = NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->snaps);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) != LUA_TTABLE) goto out;
+  int snap = lua_gettop(L);
+  lua_rawgeti(L, snap, 2);
+  int nup = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  for (int i = 1; i <= nup; i++) {
+    if (lua_getupvalue(L, idx, i) == NULL) goto out;
+    lua_rawgeti(L, snap, 2 + i);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!same) goto out;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  int G = lua_gettop(L);
+  for (int k = 3 + nup; lua_rawgeti(L, snap, k) == LUA_TSTRING; k += 2) {
+    lua_rawget(L, G);
+    lua_rawgeti(L, snap, k + 1);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!same) goto out;
+  }
+  lua_rawgeti(L, snap, 1);
+  f = lua_touserdata(L, -1);
+out:
+  lua_settop(L, top);
+  return f;
+}
+
+/* The function entry for the closure at idx. Unless its snapshot says nothing changed, the
+** closure is encoded and looked up by content: the same code with the same upvalues and
+** captured globals is the same entry (even as a new closure object), a changed upvalue makes
+** a new one. */
 static fnent *fn_for(lua_State *L, pool *p, int idx) {
-  lmp_buf *box = lua_newuserdatauv(L, sizeof *box, 0); /* freed by __gc if encoding raises */
-  memset(box, 0, sizeof *box);
-  luaL_setmetatable(L, "lmp.Buf");
+  fnent *f = snap_check(L, p, idx);
+  if (f != NULL) {
+    f->refs++;
+    return f;
+  }
+  lmp_buf *box = &p->scratch; /* an encoding error leaves it partial: reset here */
+  box->len = 0;
   lmp_encode_buf(L, idx, box, NULL);
   uint64_t h = fnv1a(box->p, box->len);
   size_t slot = (size_t)h & (FNHASH - 1);
-  fnent *f;
   while ((f = p->fnhash[slot]) != NULL) {
     if (f->hash == h && f->len == box->len && memcmp(f->msg, box->p, box->len) == 0) break;
     slot = (slot + 1) & (FNHASH - 1);
   }
   if (f == NULL) {
     if (p->nfn >= FNCACHE_MAX) {
-      fncache_clear(p);
+      fncache_clear(L, p);
       slot = (size_t)h & (FNHASH - 1);
     }
     f = malloc(sizeof *f + box->len);
@@ -823,64 +1064,133 @@ static fnent *fn_for(lua_State *L, pool *p, int idx) {
     p->fnhash[slot] = f;
     p->nfn++;
   }
-  lmp_buf_free(box);
-  lua_pop(L, 1); /* the box */
+  if (lua_type(L, idx) == LUA_TFUNCTION && !lua_iscfunction(L, idx)) snap_make(L, p, idx, f);
   f->refs++;
   return f;
 }
 
-/* submit(kind, fn, args [, timeout [, retries [, hold]]]) -> task id. Raises
-** SerializationError (nothing is sent) when fn or args cannot be encoded. A held task waits
-** for release(true) (queued) or release(false) (dropped). */
-static int l_submit(lua_State *L) {
-  pool *p = checkpool(L);
-  int kind = (int)luaL_checkinteger(L, 2);
-  fnent **ref = luaL_testudata(L, 3, "lmp.FnRef");
-  if (ref == NULL) luaL_checktype(L, 3, LUA_TFUNCTION);
-  luaL_checktype(L, 4, LUA_TTABLE);
-  double timeout = luaL_optnumber(L, 5, 0);
-  int retries = (int)luaL_optinteger(L, 6, 0);
-  int hold = lua_toboolean(L, 7);
-  if (p->state != RUN) return lmp_raise(L, "ValueError", "pool is not running");
+/* Protected encoding of the arguments (args at 1, or seq at 1 with first and count at 4, 5):
+** on an error the function reference taken for the task is given back before the error
+** goes on. */
+static int pencode_args(lua_State *L) {
+  lmp_buf *box = lua_touserdata(L, 2);
+  if (lua_isnoneornil(L, 4))
+    lmp__encode_named(L, 1, box, NULL, lua_tostring(L, 3));
+  else
+    lmp__encode_range(L, 1, lua_tointeger(L, 4), lua_tointeger(L, 5), box, lua_tostring(L, 3));
+  return 0;
+}
+
+static void encode_args(lua_State *L, int idx, lmp_buf *box, const char *root, fnent *f,
+                        lua_Integer first, lua_Integer count) {
+  lua_pushcfunction(L, pencode_args);
+  lua_pushvalue(L, idx);
+  lua_pushlightuserdata(L, box);
+  lua_pushstring(L, root);
+  int nargs = 3;
+  if (count >= 0) {
+    lua_pushinteger(L, first);
+    lua_pushinteger(L, count);
+    nargs = 5;
+  }
+  if (lua_pcall(L, nargs, 0, 0) != LUA_OK) {
+    fn_release(f);
+    lua_error(L);
+  }
+}
+
+/* Encodes and queues a task (or holds it), registering waiter (a stack index) for its result
+** before anything can arrive. Raises SerializationError (nothing is sent) when fn or args
+** cannot be encoded. Returns the task's id. */
+static uint64_t submit_task(lua_State *L, pool *p, int kind, int fnidx, int argidx, double timeout,
+                            int retries, int hold, lua_Integer first, lua_Integer count,
+                            int waiter) {
+  if (p->state != RUN) lmp_raise(L, "ValueError", "pool is not running");
   if (p->broken)
-    return lmp_raise(L, "ProcessError",
-                     "pool is broken: its workers die before they are ready (does the initializer fail?)");
-  lmp_buf *box = lua_newuserdatauv(L, sizeof *box, 0);
-  memset(box, 0, sizeof *box);
-  luaL_setmetatable(L, "lmp.Buf");
-  int boxi = lua_gettop(L);
-  lua_pushvalue(L, 4);
-  lmp__encode_named(L, lua_gettop(L), box, NULL, kind == K_APPLY ? "args" : "chunk");
-  lua_pop(L, 1);
+    lmp_raise(L, "ProcessError",
+              "pool is broken: its workers die before they are ready (does the initializer fail?)");
+  fnent **ref = luaL_testudata(L, fnidx, "lmp.FnRef");
   fnent *f;
   if (ref != NULL) {
     f = *ref;
     f->refs++;
   } else {
-    f = fn_for(L, p, 3);
+    f = fn_for(L, p, fnidx);
   }
+  lmp_buf *box = &p->scratch; /* the function is done with it */
+  box->len = 0;
+  encode_args(L, argidx, box, kind == K_APPLY ? "args" : "seq", f, first, count);
   task *t = malloc(sizeof *t + box->len);
   if (t == NULL) {
     fn_release(f);
-    return luaL_error(L, "not enough memory");
+    luaL_error(L, "not enough memory");
   }
   memset(t, 0, sizeof *t);
-  t->id = ++p->next_id;
+  uint64_t id = t->id = ++p->next_id;
   t->fn = f;
   t->kind = (uint8_t)kind;
   t->timeout = timeout > 0 ? timeout : 0;
   t->retries = retries > 0 ? retries : 0;
   t->arglen = box->len;
   memcpy(t->args, box->p, box->len);
-  lmp_buf_free(box);
-  lua_settop(L, boxi - 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->pending);
+  lua_pushvalue(L, waiter);
+  lua_rawseti(L, -2, (lua_Integer)id);
+  lua_pop(L, 1);
   if (hold) {
     q_push(&p->held, t);
   } else {
     q_push(&p->queue, t);
-    dispatch(p);
+    dispatch(p); /* t may be done and freed from here on */
+    /* a long run of submits: let results in and more tasks out now and then, so the
+    ** workers are not idle while the caller is still submitting */
+    if (++p->since_pump >= 32 && p->queue.n > 0) {
+      p->since_pump = 0;
+      lmp_loop_run_nowait(L);
+    }
   }
-  lua_pushinteger(L, (lua_Integer)t->id);
+  return id;
+}
+
+/* submit(kind, fn, args, timeout, retries, hold, first, count, rec) -> task id.
+** rec (a table) waits for the result: rec.id is set, then the handler gets it. With first
+** and count, the task's arguments are args[first..first+count-1] as an array with n = count
+** (a map chunk, encoded straight from the input table). A held task waits for release(true)
+** (queued) or release(false) (dropped). */
+static int l_submit(lua_State *L) {
+  pool *p = checkpool(L);
+  int kind = (int)luaL_checkinteger(L, 2);
+  if (!luaL_testudata(L, 3, "lmp.FnRef")) luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  double timeout = luaL_optnumber(L, 5, 0);
+  int retries = (int)luaL_optinteger(L, 6, 0);
+  int hold = lua_toboolean(L, 7);
+  lua_Integer first = luaL_optinteger(L, 8, 1), count = luaL_optinteger(L, 9, -1);
+  luaL_checktype(L, 10, LUA_TTABLE);
+  lua_Integer id = (lua_Integer)(p->next_id + 1);
+  lua_pushinteger(L, id);
+  lua_setfield(L, 10, "id");
+  uint64_t got = submit_task(L, p, kind, 3, 4, timeout, retries, hold, first, count, 10);
+  (void)got;
+  lua_pushinteger(L, id);
+  return 1;
+}
+
+/* apply(f, args, timeout, retries, callback, error_callback) -> AsyncResult: the hot path of
+** apply_async, with the result made and registered here. */
+static int l_apply(lua_State *L) {
+  pool *p = checkpool(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  double timeout = luaL_optnumber(L, 4, 0);
+  int retries = (int)luaL_optinteger(L, 5, 0);
+  lua_settop(L, 7);
+  lua_pushnil(L); /* 8: no job */
+  lmp_result *r = lmp_result_push(L, 1, 6, 7, 8);
+  int res = lua_gettop(L);
+  r->id = p->next_id + 1;
+  submit_task(L, p, K_APPLY, 2, 3, timeout, retries, 0, 1, -1, res);
+  lua_settop(L, res);
   return 1;
 }
 
@@ -914,6 +1224,9 @@ static int l_cancel(lua_State *L) {
       if (p->queue.tail == t) p->queue.tail = prev;
       p->queue.n--;
       task_free(t);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, p->pending);
+      lua_pushnil(L);
+      lua_rawseti(L, -2, (lua_Integer)id);
       lua_pushboolean(L, 1);
       return 1;
     }
@@ -935,6 +1248,19 @@ static int l_release(lua_State *L) {
   }
   if (commit) dispatch(p);
   return 0;
+}
+
+/* queued(id) -> true while the task waits for a worker (it has not started). */
+static int l_queued(lua_State *L) {
+  pool *p = checkpool(L);
+  uint64_t id = (uint64_t)luaL_checkinteger(L, 2);
+  for (task *t = p->queue.head; t; t = t->next)
+    if (t->id == id) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  lua_pushboolean(L, 0);
+  return 1;
 }
 
 static int l_close(lua_State *L) {
@@ -1018,7 +1344,8 @@ void lmp__open_pool(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"submit", l_submit}, {"cancel", l_cancel}, {"close", l_close},
         {"terminate", l_terminate}, {"join", l_join}, {"stats", l_stats},
-        {"pump", l_pump}, {"release", l_release}, {"fn", l_fn}, {NULL, NULL}};
+        {"pump", l_pump}, {"release", l_release}, {"fn", l_fn}, {"queued", l_queued},
+        {"apply", l_apply}, {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, pool_gc);

@@ -12,12 +12,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include "lmp.h"
 #include "lmp_int.h"
 #include "loop.h"
+#include "codec.h"
 
 /* ---- the children table (per process; a forked child starts with an empty one) ---- */
 
@@ -244,6 +249,132 @@ static void child_main(const char *payload, size_t n, const char *mode, const ch
   _exit(code);
 }
 
+/* ---- the "spawn" start method: fork, then exec a fresh lmp process ---- */
+
+static int spawn_method; /* set_start_method("spawn") */
+static int self_serves;  /* lmp_worker_main ran: this very binary can serve as the worker */
+
+/* The program a spawned child runs: this binary when it serves (lmp, or a host whose main
+** calls lmp_worker_main), else $LMP_EXECUTABLE, else the lmp that was built or installed. */
+static const char *worker_executable(void) {
+  if (self_serves) return "/proc/self/exe";
+  const char *e = getenv("LMP_EXECUTABLE");
+  if (e != NULL && *e) return e;
+#ifdef LMP_BUILD_EXE
+  if (access(LMP_BUILD_EXE, X_OK) == 0) return LMP_BUILD_EXE;
+#endif
+#ifdef LMP_INSTALLED_EXE
+  return LMP_INSTALLED_EXE;
+#else
+  return "lmp";
+#endif
+}
+
+static int put_part(int fd, const void *s, size_t n) {
+  char len[4];
+  for (int i = 0; i < 4; i++) len[i] = (char)(n >> (8 * i));
+  return (write(fd, len, 4) == 4 && write(fd, s, n) == (ssize_t)n) ? 0 : -1;
+}
+
+/* Writes what a spawned child needs into a memfd: the codec secret, the package paths, the
+** mode and the payload. Returns the fd (close-on-exec until the child clears it), or -1. */
+static int spawn_payload(const char *payload, size_t n, const char *mode, const char *path,
+                         const char *cpath) {
+  int fd = memfd_create("lmp-spawn", MFD_CLOEXEC);
+  if (fd < 0) return -1;
+  uint64_t secret = lmp__codec_secret();
+  char sb[8];
+  for (int i = 0; i < 8; i++) sb[i] = (char)(secret >> (8 * i));
+  if (write(fd, sb, 8) != 8 || put_part(fd, path ? path : "", path ? strlen(path) : 0) ||
+      put_part(fd, cpath ? cpath : "", cpath ? strlen(cpath) : 0) ||
+      put_part(fd, mode, strlen(mode)) || put_part(fd, payload, n)) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* In the forked child: signals and parent death as child_reset sets them (exec keeps ignored
+** signals, the mask and PR_SET_PDEATHSIG), the two descriptors the new program needs, exec. */
+static void spawn_exec(int memfd, int keep_fd) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sigemptyset(&sa.sa_mask);
+  for (int s = 1; s < NSIG; s++) {
+    if (s == SIGKILL || s == SIGSTOP) continue;
+    sa.sa_handler = (s == SIGINT || s == SIGPIPE) ? SIG_IGN : SIG_DFL;
+    sigaction(s, &sa, NULL);
+  }
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent_pid) _exit(1);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  fcntl(memfd, F_SETFD, 0);
+  if (keep_fd >= 0) fcntl(keep_fd, F_SETFD, 0);
+  char fdarg[16], ppidarg[16];
+  snprintf(fdarg, sizeof fdarg, "%d", memfd);
+  snprintf(ppidarg, sizeof ppidarg, "%d", (int)parent_pid);
+  const char *exe = worker_executable();
+  char *argv[] = {(char *)"lmp", (char *)"--lmp-worker", fdarg, ppidarg, NULL};
+  execv(exe, argv);
+  fprintf(stderr, "lmp: cannot run the worker executable %s: %s\n", exe, strerror(errno));
+  _exit(127);
+}
+
+static int get_part(const char **p, const char *end, const char **s, size_t *n) {
+  if (end - *p < 4) return -1;
+  size_t len = 0;
+  for (int i = 0; i < 4; i++) len |= (size_t)(unsigned char)(*p)[i] << (8 * i);
+  *p += 4;
+  if ((size_t)(end - *p) < len) return -1;
+  *s = *p;
+  *n = len;
+  *p += len;
+  return 0;
+}
+
+/* Copies a part into a fresh NUL-terminated string (NULL when empty). */
+static char *dup_part(const char *s, size_t n) {
+  if (n == 0) return NULL;
+  char *d = malloc(n + 1);
+  if (d == NULL) _exit(70);
+  memcpy(d, s, n);
+  d[n] = '\0';
+  return d;
+}
+
+int lmp_worker_main(int argc, char **argv) {
+  self_serves = 1;
+  if (argc < 4 || strcmp(argv[1], "--lmp-worker") != 0) return 0;
+  int fd = atoi(argv[2]);
+  parent_pid = (pid_t)atoi(argv[3]);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size < 8) _exit(70);
+  char *buf = malloc((size_t)st.st_size);
+  if (buf == NULL || pread(fd, buf, (size_t)st.st_size, 0) != st.st_size) _exit(70);
+  close(fd);
+  const char *p = buf + 8, *end = buf + st.st_size, *path, *cpath, *mode, *payload;
+  size_t np, nc, nm, n;
+  uint64_t secret = 0;
+  for (int i = 0; i < 8; i++) secret |= (uint64_t)(unsigned char)buf[i] << (8 * i);
+  if (get_part(&p, end, &path, &np) || get_part(&p, end, &cpath, &nc) ||
+      get_part(&p, end, &mode, &nm) || get_part(&p, end, &payload, &n))
+    _exit(70);
+  lmp__codec_set_secret(secret);
+  child_main(payload, n, dup_part(mode, nm), dup_part(path, np), dup_part(cpath, nc));
+  return 70; /* not reached */
+}
+
+int lmp_start_method_spawn(void) { return spawn_method; }
+
+/* set_start_method("fork" | "spawn") */
+static int l_set_start_method(lua_State *L) {
+  static const char *const names[] = {"fork", "spawn", NULL};
+  spawn_method = luaL_checkoption(L, 1, NULL, names);
+  return 0;
+}
+
 /* Reads package.<field> of L (a string owned by L, valid in a forked child), or NULL. */
 static const char *package_field(lua_State *L, const char *field) {
   lua_getglobal(L, "package");
@@ -252,12 +383,17 @@ static const char *package_field(lua_State *L, const char *field) {
 }
 
 pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mode,
-                     int daemon) {
+                     int daemon, int keep_fd) {
   int top = lua_gettop(L);
   lmp_loop_get(L); /* SIGCHLD is watched before the first child can exit */
   const char *path = package_field(L, "path");
   const char *cpath = package_field(L, "cpath");
   if (!is_child && parent_pid == 0) atexit(at_exit);
+  int memfd = -1;
+  if (spawn_method && (memfd = spawn_payload(payload, n, mode, path, cpath)) < 0) {
+    lua_settop(L, top);
+    return -1;
+  }
   if (add_child(0, daemon) != 0) {
     lua_settop(L, top);
     errno = ENOMEM;
@@ -271,8 +407,12 @@ pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mo
   sigprocmask(SIG_SETMASK, &all, &old); /* no handler of ours runs in the child */
   parent_pid = getpid();
   pid_t pid = fork();
-  if (pid == 0) child_main(payload, n, mode, path, cpath);
+  if (pid == 0) {
+    if (spawn_method) spawn_exec(memfd, keep_fd);
+    child_main(payload, n, mode, path, cpath);
+  }
   int err = errno;
+  if (memfd >= 0) close(memfd);
   sigprocmask(SIG_SETMASK, &old, NULL);
   for (int i = 0; i < n_fork_hooks; i++)
     if (fork_hooks[i].parent) fork_hooks[i].parent(fork_hooks[i].ud);
@@ -294,7 +434,7 @@ static int l_fork(lua_State *L) {
   const char *payload = luaL_checklstring(L, 1, &n);
   const char *mode = luaL_checkstring(L, 2);
   int daemon = lua_toboolean(L, 3);
-  pid_t pid = lmp_fork_child(L, payload, n, mode, daemon);
+  pid_t pid = lmp_fork_child(L, payload, n, mode, daemon, -1);
   if (pid < 0) {
     luaL_pushfail(L);
     lua_pushfstring(L, "cannot fork: %s", strerror(errno));
@@ -371,7 +511,8 @@ void lmp__open_process(lua_State *L) {
   static const luaL_Reg fns[] = {{"fork", l_fork},         {"status", l_status},
                                  {"join", l_join},         {"signal", l_signal},
                                  {"forget", l_forget},     {"is_child", l_is_child},
-                                 {"pid_alive", l_pid_alive}, {NULL, NULL}};
+                                 {"pid_alive", l_pid_alive},
+                                 {"set_start_method", l_set_start_method}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
   static const struct { const char *name; int sig; } sigs[] = {
       {"SIGTERM", SIGTERM}, {"SIGKILL", SIGKILL}, {"SIGINT", SIGINT},
@@ -382,11 +523,4 @@ void lmp__open_process(lua_State *L) {
     lua_setfield(L, -2, sigs[i].name);
   }
   lua_setfield(L, -2, "signals");
-}
-
-/* The "spawn" start method is served by spawn.c when built; without it nothing to do. */
-__attribute__((weak)) int lmp_worker_main(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  return 0;
 }

@@ -1,8 +1,8 @@
 /*
 ** worker.c — a pool worker's serving loop: read task frames from the parent's socket, run
 ** them in this process's fresh Lua state, write result frames back.
-** Reads drain every complete frame per wake-up and results are written in one go when no
-** more input is ready (coalescing under load, no delay when idle). Task functions are
+** Reads drain every complete frame per wake-up; a result is written before the next task
+** starts, so no result waits for a slow task and none is lost when a task crashes. Task functions are
 ** cached by the id the parent gives them, so a closure sent a thousand times is loaded once.
 ** Caveats: blocking I/O only — the worker has no event loop; it leaves on EOF or QUIT.
 */
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "codec.h"
 #include "frame.h"
 #include "lmp_int.h"
 
@@ -23,6 +24,8 @@ typedef struct wstate {
   size_t pos;      /* consumed prefix of in */
   lmp_buf out;     /* result frames not yet written */
   long done;       /* tasks finished */
+  lua_Integer range; /* >= 0: the value being sent is a chunk's results, of this length */
+  lmp_ring *ring;  /* results go here when they fit (frame.h) */
   long maxtasks;   /* leave after this many (0: never) */
 } wstate;
 
@@ -41,10 +44,39 @@ static int flush_out(wstate *w) {
   return 0;
 }
 
+/* Commits the result frames in out: into the ring when they fit (announced with a WAKE only
+** if the parent is about to sleep), else through the socket. Returns -1 when the parent is
+** gone. */
+static int commit(wstate *w) {
+  lmp_ring *r = w->ring;
+  size_t n = w->out.len;
+  if (n == 0) return 0;
+  if (r != NULL) {
+    uint64_t head = r->head;
+    uint64_t tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
+    if (r->size - (head - tail) >= n) {
+      size_t at = (size_t)(head % r->size), first = r->size - at;
+      if (first > n) first = n;
+      memcpy(r->data + at, w->out.p, first);
+      memcpy(r->data, w->out.p + first, n - first);
+      __atomic_store_n(&r->head, head + n, __ATOMIC_SEQ_CST);
+      w->out.len = 0;
+      if (__atomic_load_n(&r->parent_waiting, __ATOMIC_SEQ_CST)) {
+        char wake[FRAME_HEAD];
+        put_u32(wake, 1);
+        wake[4] = F_WAKE;
+        if (lmp_buf_add(&w->out, wake, sizeof wake) != 0) return -1;
+        return flush_out(w);
+      }
+      return 0;
+    }
+  }
+  return flush_out(w);
+}
+
 /* Reads more input (blocking); returns bytes read, 0 at EOF, -1 on error. */
 static ssize_t fill_in(wstate *w) {
-  if (w->pos > 0 && w->pos == w->in.len) w->in.len = w->pos = 0;
-  if (w->pos > (1u << 20) && w->pos * 2 > w->in.len) { /* compact */
+  if (w->pos > 0) { /* keep only the partial frame, at the start */
     memmove(w->in.p, w->in.p + w->pos, w->in.len - w->pos);
     w->in.len -= w->pos;
     w->pos = 0;
@@ -107,7 +139,10 @@ static void result_end(wstate *w, size_t at) {
 ** becomes an RES_UNENCODABLE result with the codec's message). Pops the value. */
 static int encode_top(lua_State *L) {
   wstate *w = lua_touserdata(L, 2);
-  lmp_encode_buf(L, 1, &w->out, NULL);
+  if (w->range >= 0) /* a chunk's results: an array of known length, no table walk */
+    lmp__encode_range(L, 1, 1, w->range, &w->out, "result");
+  else
+    lmp_encode_buf(L, 1, &w->out, NULL);
   return 0;
 }
 
@@ -158,6 +193,11 @@ static void send_result(lua_State *L, wstate *w, uint64_t id, int status, uint32
   lua_pop(L, 2);
 }
 
+/* Stands in for the task function when a starmap item is not a table of arguments. */
+static int bad_star_item(lua_State *L) {
+  return luaL_error(L, "starmap: each item must be a table of arguments");
+}
+
 /* Runs one task (fn and args on the stack: fn args); leaves the result value on the stack
 ** and returns the status and the failing index for chunks. */
 static int run_task(lua_State *L, int kind, uint32_t *index) {
@@ -180,7 +220,9 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
     lua_setfield(L, base + 1, "n");
     return RES_OK;
   }
-  lua_Integer n = luaL_len(L, args);
+  lua_Integer n = (lua_getfield(L, args, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
+                                                               : luaL_len(L, args);
+  lua_pop(L, 1);
   lua_createtable(L, (int)n, 1);
   int res = lua_gettop(L);
   for (lua_Integer i = 1; i <= n; i++) {
@@ -190,7 +232,10 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
     if (kind == K_STARMAP) {
       int t = lua_gettop(L);
       nargs = 0;
-      if (lua_istable(L, t)) {
+      if (!lua_istable(L, t)) { /* the call fails at this item, like a task error */
+        lua_settop(L, t - 2);
+        lua_pushcfunction(L, bad_star_item);
+      } else {
         lua_Integer m = (lua_getfield(L, t, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
                                                                  : luaL_len(L, t);
         lua_pop(L, 1);
@@ -240,7 +285,14 @@ static void do_task(lua_State *L, wstate *w, const char *p, size_t len) {
   lmp_decode(L, argmsg, arglen, NULL, 0);
   uint32_t index = 0;
   int status = run_task(L, kind, &index); /* the result (or error info) on top */
+  w->range = -1;
+  if (status == RES_OK && kind != K_APPLY) {
+    lua_getfield(L, -1, "n");
+    w->range = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
   send_result(L, w, id, status, index);
+  w->range = -1;
   lua_settop(L, 0);
   fflush(stdout); /* what the task printed reaches the parent's stdout now */
   w->done++;
@@ -255,10 +307,12 @@ static int ptask(lua_State *L) {
   return 0;
 }
 
-/* serve(fd, maxtasks): the worker's loop; returns when the parent says QUIT, closes the
+/* serve(fd, maxtasks [, ring]): the worker's loop; returns when the parent says QUIT, closes the
 ** socket, or maxtasks tasks are done. */
 static int l_serve(lua_State *L) {
-  wstate w = {.fd = (int)luaL_checkinteger(L, 1), .maxtasks = (long)luaL_optinteger(L, 2, 0)};
+  wstate w = {.fd = (int)luaL_checkinteger(L, 1), .maxtasks = (long)luaL_optinteger(L, 2, 0),
+              .range = -1,
+              .ring = (lmp_ring *)(intptr_t)luaL_optinteger(L, 3, 0)};
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);
   char ready[FRAME_HEAD];
@@ -282,6 +336,13 @@ static int l_serve(lua_State *L) {
       size_t plen = flen - 1;
       w.pos += 4 + (size_t)flen;
       if (type == F_TASK) {
+        /* Results are written before the next task starts: once a task is running, every
+        ** result before it is in the parent's socket buffer, so a crash of this task can
+        ** neither lose them nor be blamed on them. */
+        if (w.out.len > 0 && commit(&w) != 0) {
+          quit = 2;
+          break;
+        }
         uint64_t id = plen >= 8 ? get_u64(p) : 0;
         lua_settop(L, 0);
         lua_pushcfunction(L, ptask);
@@ -305,14 +366,13 @@ static int l_serve(lua_State *L) {
         lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);
       }
       if (quit) break;
-      if (w.out.len > (1u << 16) && flush_out(&w) != 0) quit = 2;
     }
     if (quit) break;
-    if (w.out.len > 0 && flush_out(&w) != 0) break;
+    if (w.out.len > 0 && commit(&w) != 0) break;
     ssize_t n = fill_in(&w);
     if (n <= 0) break; /* the parent closed the socket or is gone */
   }
-  flush_out(&w);
+  commit(&w);
   lmp_buf_free(&w.in);
   lmp_buf_free(&w.out);
   return 0;

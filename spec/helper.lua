@@ -18,13 +18,42 @@ function H.children()
   return list
 end
 
+--- The open file descriptors of this process: {fd = target}. Garbage is collected first,
+--- so objects that are no longer referenced (pools...) have released theirs.
+function H.fds()
+  collectgarbage()
+  collectgarbage()
+  local fds = {}
+  local list = os.tmpname() -- a file, not a pipe: the listing holds no fd of ours
+  os.execute(("ls -l /proc/%d/fd > %s 2>/dev/null"):format(mp.getpid(), list))
+  local f = io.open(list)
+  for line in f:lines() do
+    local fd, target = line:match("(%d+) %-> (.*)$")
+    if fd then fds[tonumber(fd)] = target end
+  end
+  f:close()
+  os.remove(list)
+  return fds
+end
+
 --- Number of open file descriptors of this process.
 function H.fd_count()
   local n = 0
-  local p = io.popen("ls /proc/" .. mp.getpid() .. "/fd")
-  for _ in p:lines() do n = n + 1 end
-  p:close()
-  return n - 1 -- the pipe of io.popen itself
+  for _ in pairs(H.fds()) do n = n + 1 end
+  return n
+end
+
+-- What differs between two fd listings, for the failure message.
+local function fd_diff(before, after)
+  local out = {}
+  for fd, t in pairs(after) do
+    if before[fd] ~= t then out[#out + 1] = ("+%d %s"):format(fd, t) end
+  end
+  for fd, t in pairs(before) do
+    if after[fd] ~= t then out[#out + 1] = ("-%d %s"):format(fd, t) end
+  end
+  table.sort(out)
+  return table.concat(out, ", ")
 end
 
 --- Kills this process with SIGALRM after seconds (0 cancels).
@@ -46,14 +75,16 @@ end
 local fds
 function H.setup()
   H.watchdog(H.timeout or 120)
-  fds = H.fd_count()
+  fds = H.fds()
 end
 
 function H.teardown()
   for _, p in ipairs(mp.active_children()) do p:kill(); p:join(5) end
   local left = H.wait_no_children(5)
   assert.are.same({}, left, "child processes left behind")
-  assert.are.equal(fds, H.fd_count(), "file descriptors left open")
+  local now = H.fds()
+  local diff = fd_diff(fds, now)
+  assert.are.equal("", diff, "file descriptors left open or closed: " .. diff)
   H.watchdog(0)
 end
 

@@ -21,6 +21,7 @@ set(LMP_TEST_ENV
   "LUA_PATH=${CMAKE_SOURCE_DIR}/lua/?.lua\;${CMAKE_SOURCE_DIR}/lua/?/init.lua\;${CMAKE_SOURCE_DIR}/spec/?.lua\;\;"
   "LUA_CPATH=${CMAKE_BINARY_DIR}/lua/?.so\;${CMAKE_BINARY_DIR}/tests/?.so\;\;"
   "LMP_EXE=$<TARGET_FILE:lmp_exe>"
+  "LMP_EXECUTABLE=$<TARGET_FILE:lmp_exe>"
   "LMP_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 
 # Specs run under stock lua5.4 in the normal build and under the lmp executable (itself

@@ -16,7 +16,7 @@ mp.Error = errors.Error
 mp.iserror = errors.iserror
 
 -- Codec ------------------------------------------------------------------------------------
-function mp.encode(v) return core.encode(v) end
+function mp.encode(v, root) return core.encode(v, root) end
 function mp.decode(s)
   if type(s) ~= "string" then errors.argerror("decode", 1, "string expected, got " .. type(s)) end
   return core.decode(s)
@@ -68,6 +68,7 @@ function mp.set_start_method(method)
   if method ~= "fork" and method ~= "spawn" then
     errors.argerror("set_start_method", 1, "\"fork\" or \"spawn\" expected, got " .. tostring(method))
   end
+  core.set_start_method(method)
   start_method = method
 end
 function mp.get_start_method() return start_method end

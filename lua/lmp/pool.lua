@@ -13,9 +13,7 @@ local Pool = {}
 Pool.__index = Pool
 Pool.__name = "lmp.Pool"
 
-local AsyncResult = {}
-AsyncResult.__index = AsyncResult
-AsyncResult.__name = "lmp.AsyncResult"
+local AsyncResult = core.AsyncResult -- the C methods, extended below
 
 local K_APPLY, K_MAP, K_STARMAP = core.K_APPLY, core.K_MAP, core.K_STARMAP
 local unpack = table.unpack
@@ -68,53 +66,32 @@ local function run_callback(res, which, fn, ...)
 end
 
 -- AsyncResult --------------------------------------------------------------------------------
+-- A C object (runtime/result.c): get, wait, ready, successful are C methods; a result with
+-- no callbacks that succeeds is settled by the C pool directly. What needs Lua is here.
 
-local function new_result(pool, callback, error_callback)
-  return setmetatable({ _pool = pool, _done = false, _callback = callback,
-                        _error_callback = error_callback, _ids = {} }, AsyncResult)
-end
-
---- Settles a result: ok with a packed table of values, or failed with an error object.
-function AsyncResult:_settle(ok, value)
-  if self._done then return end
-  self._done, self._ok, self._value = true, ok, value
-  for id in pairs(self._ids) do self._pool._pending[id] = nil end
-  if ok and self._callback then
-    run_callback(self, "callback", self._callback, unpack(value, 1, value.n))
-  elseif not ok and self._error_callback then
-    run_callback(self, "error_callback", self._error_callback, value)
+--- Settles a result and runs its callback: ok with a packed table of values, or failed with
+--- an error object.
+local function settle(res, ok, value)
+  if not res:_settle(ok, value) then return end
+  local _, _, _, callback, error_callback = res:_parts()
+  if ok and callback then
+    run_callback(res, "callback", callback, unpack(value, 1, value.n))
+  elseif not ok and error_callback then
+    run_callback(res, "error_callback", error_callback, value)
   end
-end
-
-function AsyncResult:ready() return self._done end
-
-function AsyncResult:successful()
-  if not self._done then errors.raise("ValueError", "result is not ready") end
-  return self._ok
-end
-
-function AsyncResult:wait(timeout)
-  check_timeout(timeout, "wait", 1)
-  return wait_until(function() return self._done end, timeout)
-end
-
---- Returns the task's values, or raises its error (RemoteError, WorkerLostError...) or a
---- TimeoutError when timeout seconds pass first (the task goes on).
-function AsyncResult:get(timeout)
-  check_timeout(timeout, "get", 1)
-  if not wait_until(function() return self._done end, timeout) then
-    errors.raise("TimeoutError", ("result not ready after %g s"):format(timeout))
-  end
-  if not self._ok then error(self._value, 2) end
-  return unpack(self._value, 1, self._value.n)
 end
 
 --- Cancels tasks that have not started; true when the result will never run.
 function AsyncResult:cancel()
-  if self._done then return false end
-  local core_pool = self._pool._core
-  for id in pairs(self._ids) do
-    if not core_pool:cancel(id) then return false end
+  if self:ready() then return false end
+  local core_pool, id, job = self:_parts()
+  if job then
+    for cid in pairs(job.ids) do -- all or nothing: a started chunk keeps the job going
+      if not core_pool:queued(cid) then return false end
+    end
+    job:cancel()
+  elseif not core_pool:cancel(id) then
+    return false
   end
   self:_settle(false, errors.new("ValueError", "the task was cancelled"))
   self.cancelled = true
@@ -193,14 +170,15 @@ local function check_function(f, fname)
   end
 end
 
+local NOARGS = { n = 0 }
+
+-- The arguments as sent: the table itself (the worker honours `n`, else uses #args).
 local function pack_args(args, fname, n)
-  if args == nil then return { n = 0 } end
+  if args == nil then return NOARGS end
   if type(args) ~= "table" then
     errors.argerror(fname, n, "args must be a table (a sequence), got " .. type(args))
   end
-  local cnt = math.type(args.n) == "integer" and args.n or #args
-  if args.n == cnt then return args end
-  return { n = cnt, unpack(args, 1, cnt) }
+  return args
 end
 
 local function positive_int(v, what)
@@ -219,6 +197,7 @@ function M.Pool(opts)
   end
   local n = opts.processes or core.cpu_count()
   positive_int(n, "processes")
+  if n > 4096 then errors.argerror("Pool", 1, "processes must be at most 4096, got " .. n) end
   if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
     errors.argerror("Pool", 1, "initializer must be a function")
   end
@@ -234,28 +213,25 @@ function M.Pool(opts)
   end
   local init = core.encode({ initializer = opts.initializer,
                              initargs = pack_args(opts.initargs, "Pool", 1) }, "initializer")
-  local pending = {}
-  local function handler(id, status, value, index, pid)
-    local rec = pending[id]
-    if rec == nil then return end -- cancelled, or its call was given up
-    pending[id] = nil
-    if rec.job then
+  local pending = {} -- task id -> AsyncResult or chunk record; shared with the C pool
+  local function handler(id, status, value, index, pid, waiter)
+    if type(waiter) == "table" then -- a chunk of a map-like job
       if status == "ok" then
-        rec.job:chunk_done(rec, true, value, 0, pid)
+        waiter.job:chunk_done(waiter, true, value, 0, pid)
       else
-        rec.job:chunk_done(rec, false, { status = status, value = value }, index, pid)
+        waiter.job:chunk_done(waiter, false, { status = status, value = value }, index, pid)
       end
     elseif status == "ok" then
-      rec.result:_settle(true, value)
+      settle(waiter, true, value)
     else
-      rec.result:_settle(false, failure(status, value, pid, nil))
+      settle(waiter, false, failure(status, value, pid, nil))
     end
   end
   local self = setmetatable({
     _pending = pending, _state = "RUN", processes = n, _timeout = task_timeout,
     _retries = retries,
   }, Pool)
-  self._core = core.pool_new(handler, n, init, maxtasks or 0)
+  self._core = core.pool_new(handler, n, init, maxtasks or 0, pending)
   return self
 end
 
@@ -266,12 +242,12 @@ function Pool:_check_running(fname)
   end
 end
 
--- Submits one task; returns its id.
-function Pool:_submit(kind, fn, args, rec, timeout, hold)
-  local id = self._core:submit(kind, fn, args, timeout or self._timeout, self._retries, hold)
-  rec.id = id
-  self._pending[id] = rec
-  return id
+-- Submits one task (rec waits for its result: rec.id is set); returns its id. With first
+-- and count, the arguments are the slice args[first..first+count-1] of an input sequence (a
+-- map chunk, encoded without a copy).
+function Pool:_submit(kind, fn, args, rec, timeout, hold, first, count)
+  return self._core:submit(kind, fn, args, timeout or self._timeout, self._retries, hold,
+    first, count, rec)
 end
 
 local function call_opts(fname, a, b, c)
@@ -282,22 +258,25 @@ local function call_opts(fname, a, b, c)
   return a, b, nil
 end
 
+-- The hot path of the pool: checks cost nothing when the arguments are right.
 function Pool:apply_async(f, args, a, b)
-  self:_check_running("apply_async")
-  check_function(f, "apply_async")
-  local callback, error_callback, timeout = call_opts("apply_async", a, b)
-  if callback ~= nil and type(callback) ~= "function" then
-    errors.argerror("apply_async", 3, "callback must be a function")
+  if self._state ~= "RUN" then self:_check_running("apply_async") end
+  if type(f) ~= "function" then check_function(f, "apply_async") end
+  local callback, error_callback, timeout
+  if a ~= nil or b ~= nil then
+    callback, error_callback, timeout = call_opts("apply_async", a, b)
+    if callback ~= nil and type(callback) ~= "function" then
+      errors.argerror("apply_async", 3, "callback must be a function")
+    end
+    if error_callback ~= nil and type(error_callback) ~= "function" then
+      errors.argerror("apply_async", 4, "error_callback must be a function")
+    end
+    check_timeout(timeout, "apply_async", 3)
   end
-  if error_callback ~= nil and type(error_callback) ~= "function" then
-    errors.argerror("apply_async", 4, "error_callback must be a function")
-  end
-  check_timeout(timeout, "apply_async", 3)
-  local res = new_result(self, callback, error_callback)
-  local rec = { result = res }
-  local id = self:_submit(K_APPLY, f, pack_args(args, "apply_async", 2), rec, timeout)
-  res._ids[id] = true
-  return res
+  if args == nil then args = NOARGS
+  elseif type(args) ~= "table" then pack_args(args, "apply_async", 2) end
+  return self._core:apply(f, args, timeout or self._timeout, self._retries, callback,
+    error_callback)
 end
 
 function Pool:apply(f, args)
@@ -368,10 +347,8 @@ function Pool:_submit_chunks(job, kind, f, seq, n, chunksize, timeout)
   local ok, err = pcall(function()
     for start = 1, n, chunksize do
       local count = math.min(chunksize, n - start + 1)
-      local chunk = table.move(seq, start, start + count - 1, 1, {})
       local rec = { job = job, start = start, count = count }
-      local pok, perr = pcall(self._submit, self, kind, fref, chunk, rec, timeout, true)
-      if not pok then error(item_path_error(perr, start), 0) end
+      self:_submit(kind, fref, seq, rec, timeout, true, start, count)
       job.ids[rec.id] = true
       job.chunks = job.chunks + 1
     end
@@ -422,25 +399,30 @@ function Pool:_map_async(fname, kind, f, seq, a, b, c)
   else
     callback, error_callback = a, b
   end
-  local res = new_result(self, callback, error_callback)
+  if callback ~= nil and type(callback) ~= "function" then
+    errors.argerror(fname, 3, "callback must be a function")
+  end
+  if error_callback ~= nil and type(error_callback) ~= "function" then
+    errors.argerror(fname, 4, "error_callback must be a function")
+  end
   local job = new_job(self, n, true)
+  local res = core.result_new(self._core, callback, error_callback, job)
   job.progress = progress_fn(opts.progress)
   job.on_change = function(j)
     if j.err then
       j:cancel()
-      res:_settle(false, j.err)
+      settle(res, false, j.err)
     elseif j.chunks == 0 then
       j.results.n = n
-      res:_settle(true, { n = 1, j.results })
+      settle(res, true, { n = 1, j.results })
     end
   end
   if n == 0 then
-    res:_settle(true, { n = 1, { n = 0 } })
+    settle(res, true, { n = 1, { n = 0 } })
     return res
   end
   self:_submit_chunks(job, kind, f, seq, n, opts.chunksize or default_chunksize(n, self.processes),
     opts.timeout)
-  for id in pairs(job.ids) do res._ids[id] = true end
   return res
 end
 
@@ -459,6 +441,7 @@ local function reader(seq, fname)
       if pos >= n then return 0 end
       local count = math.min(k, n - pos)
       local chunk = table.move(seq, pos + 1, pos + count, 1, {})
+      chunk.n = count
       pos = pos + count
       return count, chunk
     end, n
@@ -472,7 +455,8 @@ local function reader(seq, fname)
         if v == nil then finished = true break end
         chunk[i] = v
       end
-      return #chunk, chunk
+      chunk.n = #chunk
+      return chunk.n, chunk
     end, nil
   end
   errors.argerror(fname, 2, "a sequence (table) or an iterator function expected, got " .. type(seq))

@@ -111,7 +111,14 @@ function Process:start()
   else
     job.fn, job.self = self.run, self_fields(self)
   end
-  local payload = core.encode(job, "process")
+  local ok, payload = pcall(core.encode, job, "process")
+  if not ok then -- name the path from the user's point of view: args[2].conf.cb
+    if errors.iserror(payload, "SerializationError") then
+      payload.message = tostring(payload.message):gsub("^process%.", "", 1)
+      payload.message = payload.message:gsub("^fn%.", "target.", 1)
+    end
+    error(payload, 2)
+  end
   local pid, err = core.fork(payload, "process", self.daemon)
   if not pid then errors.raise("ProcessError", err) end
   rawset(self, "pid", pid)

@@ -12,7 +12,7 @@ end
 
 local function quote(s) return (("%q"):format(s):gsub("\\\n", "\\n")) end
 
---- Renders v as Lua-like text; shared tables print once and cycles print as <cycle ...>.
+--- Renders v as Lua-like text; a table met again inside itself prints as <cycle ...>.
 function M.pretty(v, opts)
   opts = opts or {}
   local max_depth, max_items = opts.depth or 6, opts.items or 200

@@ -21,7 +21,7 @@ function M._bootstrap(payload)
       return 1
     end
   end
-  core.worker_serve(job.fd, job.maxtasks)
+  core.worker_serve(job.fd, job.maxtasks, job.ring)
   io.stdout:flush()
   return 0
 end

@@ -1,0 +1,517 @@
+-- bench.lua — lmp against CPython's multiprocessing, side by side in one run (DESIGN.md §7).
+--
+--   build/lmp scripts/bench/bench.lua [--quick] [--only row,row] [--list]
+--
+-- Each row runs its lmp workload here (in-process, with mp) and its CPython counterpart
+-- (bench_cpython.py <row>, a subprocess), alternating, N times each (3; 1 with --quick), keeps
+-- the best figure of each side, and prints a table of ratios with the target and PASS/MISS.
+-- Absolute figures on a shared machine move a lot; the ratios of one run are what count.
+-- The exit status is 0 (this is a report) unless a workload fails.
+--
+-- Adding a row: append to ROWS a table
+--   { name = "row", py = "row" (bench_cpython.py's name, or nil),
+--     lmp = function(ctx) return figure [, details] end,
+--     unit = "tasks/s", better = "higher" | "lower",
+--     refs = { name = function(ctx) return figure end } (other figures measured each repetition),
+--     checks = { {vs = "cpython"|"<ref name>"|nil, min = x | max = x}, ... },
+--     target = "text shown in the table" }
+-- A check with vs compares lmp / that figure; without vs it checks lmp's figure itself.
+local mp = require "lmp"
+
+-- Setup --------------------------------------------------------------------------------------
+
+local function dirname(p)
+  local d = p:match("^(.*)/[^/]*$")
+  return d or "."
+end
+
+local SCRIPT_DIR = dirname(arg and arg[0] or "scripts/bench/bench.lua")
+local LMP_EXE = arg and arg[-1] or "build/lmp"
+local BUILD_DIR = os.getenv("LMP_BUILD") or dirname(LMP_EXE)
+local PYTHON = os.getenv("PYTHON") or "python3"
+local WORKERS = 2
+-- seconds a row (all its repetitions) may take before the watchdog interrupts it
+local ROW_DEADLINE = tonumber(os.getenv("LMP_BENCH_DEADLINE") or "") or 300
+
+local opts = { reps = 3, only = nil }
+do
+  local i = 1
+  while arg and arg[i] do
+    local a = arg[i]
+    if a == "--quick" then
+      opts.reps = 1
+    elseif a == "--only" then
+      i = i + 1
+      opts.only = {}
+      for name in (arg[i] or ""):gmatch("[^,%s]+") do opts.only[name] = true end
+    elseif a:match("^%-%-only=") then
+      opts.only = {}
+      for name in a:sub(8):gmatch("[^,%s]+") do opts.only[name] = true end
+    elseif a == "--reps" then
+      i = i + 1
+      opts.reps = math.tointeger(tonumber(arg[i])) or opts.reps
+    elseif a == "--list" then
+      opts.list = true
+    elseif a == "-h" or a == "--help" then
+      print("usage: lmp scripts/bench/bench.lua [--quick] [--reps N] [--only row,row] [--list]")
+      os.exit(0)
+    else
+      io.stderr:write("bench: unknown option " .. a .. "\n")
+      os.exit(2)
+    end
+    i = i + 1
+  end
+end
+
+local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function run(cmd)
+  local f = io.popen(cmd .. " 2>&1", "r")
+  local out = f:read("a")
+  local ok, how, code = f:close()
+  return out, ok, how, code
+end
+
+local function first_line(cmd)
+  local out = run(cmd)
+  return (out:match("[^\n]*") or "")
+end
+
+-- Task functions (no upvalues: they travel to the workers by the codec) ----------------------
+
+local function square(x) return x * x end
+local function ident(x) return x end
+local function nothing() return nil end
+local function spin(n)
+  local s = 0
+  for i = 0, n - 1 do s = s + i % 7 end
+  return s
+end
+
+local function range(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+local now = mp.monotonic
+local TIMEOUT = 120 -- seconds any single wait of a workload may take
+
+local function with_pool(fn)
+  local pool <close> = mp.Pool(WORKERS)
+  pool:apply_async(nothing, {}):get(TIMEOUT) -- workers up and serving
+  local a, b = fn(pool)
+  pool:close()
+  pool:join(TIMEOUT)
+  return a, b
+end
+
+-- Private memory of a pid: Private_Clean + Private_Dirty in KiB.
+local function private_kib(pid)
+  local f = io.open(("/proc/%d/smaps_rollup"):format(pid), "r")
+  if not f then error("cannot read /proc/" .. pid .. "/smaps_rollup") end
+  local total = 0
+  for line in f:lines() do
+    local k, v = line:match("^(Private_%a+):%s+(%d+)")
+    if k == "Private_Clean" or k == "Private_Dirty" then total = total + tonumber(v) end
+  end
+  f:close()
+  return total
+end
+
+-- Iterations of spin() that take about target seconds in this process.
+local function calibrate(target)
+  local n = 100000
+  while true do
+    local t0 = now()
+    spin(n)
+    local dt = now() - t0
+    if dt > 0.05 then return math.max(1, math.floor(n * target / dt)) end
+    n = n * 2
+  end
+end
+
+-- Rows ---------------------------------------------------------------------------------------
+
+local ROWS = {
+  {
+    name = "map", py = "map", unit = "tasks/s", better = "higher",
+    desc = "map(square, 1..1e6), default chunking",
+    lmp = function()
+      local data = range(1000000)
+      return with_pool(function(pool)
+        local t0 = now()
+        local res = pool:map(square, data, { timeout = TIMEOUT })
+        local dt = now() - t0
+        assert(res.n == 1000000 and res[1000000] == 1000000 * 1000000, "map: wrong results")
+        return 1000000 / dt
+      end)
+    end,
+    checks = { { vs = "cpython", min = 2 } },
+    target = "≥ 2× CPython",
+  },
+  {
+    name = "apply", py = "apply", unit = "us/rt", better = "lower",
+    desc = "apply_async(ident, {i}):get() one at a time, 5000 round trips",
+    lmp = function()
+      local n = 5000
+      return with_pool(function(pool)
+        local t0 = now()
+        for i = 1, n do
+          local v = pool:apply_async(ident, { i }):get(TIMEOUT)
+          if v ~= i then error("apply: wrong result " .. tostring(v)) end
+        end
+        return (now() - t0) / n * 1e6
+      end)
+    end,
+    refs = {
+      pingpong = function()
+        local exe = BUILD_DIR .. "/pingpong"
+        local line = first_line(shell_quote(exe) .. " 20000")
+        local v = tonumber(line:match("^pingpong%s+(%S+)"))
+        if not v then error("pingpong failed: " .. line) end
+        return v
+      end,
+    },
+    ref_labels = { pingpong = "ping-pong" },
+    checks = { { vs = "cpython", max = 0.25 }, { vs = "pingpong", max = 1.2 } },
+    target = "≤ 0.25× CPython, ≤ 1.2× ping-pong",
+  },
+  {
+    name = "apply_many", py = "apply_many", unit = "tasks/s", better = "higher",
+    desc = "100k apply_async, then get all",
+    lmp = function()
+      local n = 100000
+      return with_pool(function(pool)
+        local t0 = now()
+        local results = {}
+        for i = 1, n do results[i] = pool:apply_async(ident, { i }) end
+        local total = 0
+        for i = 1, n do total = total + results[i]:get(TIMEOUT) end
+        local dt = now() - t0
+        assert(total == n * (n + 1) // 2, "apply_many: wrong sum")
+        return n / dt
+      end)
+    end,
+    checks = { { vs = "cpython", min = 10 } },
+    target = "≥ 10× CPython",
+  },
+  {
+    name = "imap_unordered", py = "imap_unordered", unit = "tasks/s", better = "higher",
+    desc = "imap_unordered(square, 200k items), chunksize 1",
+    lmp = function()
+      local n = 200000
+      local data = range(n)
+      return with_pool(function(pool)
+        local t0 = now()
+        local count = 0
+        for _ in pool:imap_unordered(square, data, { chunksize = 1, timeout = TIMEOUT }) do
+          count = count + 1
+        end
+        local dt = now() - t0
+        assert(count == n, "imap_unordered: " .. count .. " results")
+        return n / dt
+      end)
+    end,
+    checks = { { vs = "cpython", min = 5 } },
+    target = "≥ 5× CPython",
+  },
+  {
+    name = "startstop", py = "startstop", unit = "ms", better = "lower",
+    desc = "Pool(2) start + stop: create, one trivial task, close, join (mean of 5)",
+    lmp = function()
+      local k = 5
+      local t0 = now()
+      for _ = 1, k do
+        local pool = mp.Pool(WORKERS)
+        pool:apply_async(nothing, {}):get(TIMEOUT)
+        pool:close()
+        pool:join(TIMEOUT)
+      end
+      return (now() - t0) / k * 1e3
+    end,
+    checks = { { vs = "cpython", max = 0.5 } },
+    target = "≤ 0.5× CPython",
+  },
+  {
+    name = "cpu", py = "cpu", unit = "x", better = "higher",
+    desc = "CPU-bound: 8 tasks of ~0.25 s pure-language loop, speed-up of 2 workers vs serial",
+    lmp = function()
+      local tasks = 8
+      local n = calibrate(0.25)
+      local t0 = now()
+      local serial = {}
+      for i = 1, tasks do serial[i] = spin(n) end
+      local t_serial = now() - t0
+      return with_pool(function(pool)
+        local args = {}
+        for i = 1, tasks do args[i] = n end
+        t0 = now()
+        local par = pool:map(spin, args, { chunksize = 1, timeout = TIMEOUT })
+        local t_pool = now() - t0
+        for i = 1, tasks do assert(par[i] == serial[i], "cpu: wrong result") end
+        return t_serial / t_pool, ("serial=%.3fs pool=%.3fs"):format(t_serial, t_pool)
+      end)
+    end,
+    checks = { { min = 1.8 } },
+    target = "≥ 1.8× speed-up",
+    speedup = true,
+  },
+  {
+    name = "mem", py = "mem", unit = "MiB", better = "lower",
+    desc = "private memory (Private_Clean + Private_Dirty) of the largest idle worker",
+    lmp = function()
+      return with_pool(function(pool)
+        mp.sleep(0.2)
+        local sizes = {}
+        local max = 0
+        for i, pid in ipairs(pool:stats().workers) do
+          sizes[i] = private_kib(pid)
+          max = math.max(max, sizes[i])
+        end
+        return max / 1024, "workers_kib=" .. table.concat(sizes, ",")
+      end)
+    end,
+    checks = { { max = 2 }, { vs = "cpython", max = 0.25 } },
+    target = "≤ 2 MiB, ≤ 0.25× CPython",
+  },
+}
+
+-- Measuring ----------------------------------------------------------------------------------
+
+-- Runs bench_cpython.py <row>; returns the figure and the rest of its line.
+local function run_cpython(row)
+  local cmd = ("timeout %d %s %s %s"):format(ROW_DEADLINE, shell_quote(PYTHON),
+    shell_quote(SCRIPT_DIR .. "/bench_cpython.py"), shell_quote(row))
+  local out, ok = run(cmd)
+  local line
+  for l in out:gmatch("[^\n]+") do
+    if l:match("^" .. row:gsub("%p", "%%%0") .. "%s") then line = l end
+  end
+  if not ok or not line then
+    error(("CPython %s failed:\n%s"):format(row, out), 0)
+  end
+  local value, rest = line:match("^%S+%s+(%S+)%s+%S+%s*(.*)$")
+  return assert(tonumber(value), "bad CPython line: " .. line), rest
+end
+
+-- The watchdog: a background shell that interrupts this process (SIGINT, which lmp turns into
+-- an InterruptedError in a blocking call) and then kills it if a row runs far too long. It
+-- lives while its flag file exists; watchdog_stop removes the file.
+local function watchdog_start(seconds)
+  local flag = os.tmpname()
+  local pid = mp.getpid()
+  local script = ("i=0; while [ -e %s ]; do "
+    .. "if [ $i -ge %d ]; then echo 'bench: row over %d s, interrupting it' >&2; kill -INT %d; "
+    .. "sleep 15; [ -e %s ] && kill -KILL %d; break; fi; sleep 1; i=$((i+1)); done")
+    :format(shell_quote(flag), seconds, seconds, pid, shell_quote(flag), pid)
+  os.execute(("sh -c %s </dev/null >/dev/null 2>&2 &"):format(shell_quote(script)))
+  return flag
+end
+
+local function watchdog_stop(flag)
+  if flag then os.remove(flag) end
+end
+
+local function better_of(row, a, b)
+  if a == nil then return b end
+  if b == nil then return a end
+  if row.better == "lower" then return math.min(a, b) end
+  return math.max(a, b)
+end
+
+local function errmsg(e)
+  if type(e) == "table" and e.message then return tostring(e) end
+  return tostring(e)
+end
+
+local function measure(row)
+  local r = { lmp = nil, py = nil, refs = {}, errors = {} }
+  for rep = 1, opts.reps do
+    io.stderr:write(("  %s: repetition %d/%d\n"):format(row.name, rep, opts.reps))
+    -- A full collection first: no garbage (or pools) of earlier workloads is paid for here.
+    collectgarbage()
+    collectgarbage()
+    local ok, v, details = xpcall(row.lmp, function(e) return debug.traceback(errmsg(e), 2) end)
+    if ok then
+      if better_of(row, r.lmp, v) == v then r.lmp, r.lmp_details = v, details end
+    else
+      r.errors[#r.errors + 1] = "lmp: " .. v
+      io.stderr:write(("  %s: lmp workload failed:\n%s\n"):format(row.name, v))
+      break -- a broken workload is not retried (it may hang again)
+    end
+    if row.py then
+      local pok, pv, prest = pcall(run_cpython, row.py)
+      if pok then
+        if better_of(row, r.py, pv) == pv then r.py, r.py_details = pv, prest end
+      else
+        r.errors[#r.errors + 1] = "cpython: " .. errmsg(pv)
+        io.stderr:write(("  %s: %s\n"):format(row.name, errmsg(pv)))
+      end
+    end
+    for name, fn in pairs(row.refs or {}) do
+      local rok, rv = pcall(fn)
+      if rok then
+        r.refs[name] = math.min(r.refs[name] or rv, rv) -- references are latencies
+      else
+        r.errors[#r.errors + 1] = name .. ": " .. errmsg(rv)
+      end
+    end
+  end
+  return r
+end
+
+-- Reporting ----------------------------------------------------------------------------------
+
+local function fmt_figure(v, unit)
+  if v == nil then return "-" end
+  local s
+  if unit == "tasks/s" then
+    if v >= 1e6 then s = ("%.2f M "):format(v / 1e6)
+    elseif v >= 1e3 then s = ("%.1f k "):format(v / 1e3)
+    else s = ("%.0f "):format(v) end
+    return s .. "tasks/s"
+  elseif unit == "us/rt" then
+    return ("%.1f µs"):format(v)
+  elseif unit == "ms" then
+    return ("%.2f ms"):format(v)
+  elseif unit == "MiB" then
+    return ("%.2f MiB"):format(v)
+  elseif unit == "x" then
+    return ("%.2f× serial"):format(v)
+  end
+  return ("%.3g %s"):format(v, unit)
+end
+
+-- Evaluates a row's checks: ratio strings and overall verdict.
+local function evaluate(row, r)
+  local ratios, verdict = {}, "PASS"
+  if r.lmp == nil then return { "-" }, "ERROR" end
+  for _, c in ipairs(row.checks) do
+    local value, label
+    if c.vs == "cpython" then
+      value, label = r.py and r.lmp / r.py, "CPython"
+    elseif c.vs then
+      value, label = r.refs[c.vs] and r.lmp / r.refs[c.vs], (row.ref_labels or {})[c.vs] or c.vs
+    else
+      value = r.lmp
+    end
+    if c.vs then
+      ratios[#ratios + 1] = value and ("%.2f× %s"):format(value, label) or ("? × " .. label)
+    end
+    if value == nil then
+      if verdict == "PASS" then verdict = "N/A" end
+    elseif (c.min and value < c.min) or (c.max and value > c.max) then
+      verdict = "MISS"
+    end
+  end
+  if row.speedup and r.py then
+    ratios[#ratios + 1] = ("%.2f× serial (CPython %.2f×)"):format(r.lmp, r.py)
+  end
+  if #ratios == 0 then ratios[1] = "-" end
+  return ratios, verdict
+end
+
+local function utf8_width(s) return utf8.len(s) or #s end
+local function pad(s, w)
+  return s .. (" "):rep(math.max(0, w - utf8_width(s)))
+end
+
+local function print_table(results)
+  local header = { "row", "CPython", "lmp", "ratio", "target", "result" }
+  local lines = {}
+  for _, e in ipairs(results) do
+    local ratios, verdict = evaluate(e.row, e.r)
+    lines[#lines + 1] = { e.row.name, fmt_figure(e.r.py, e.row.unit), fmt_figure(e.r.lmp, e.row.unit),
+      table.concat(ratios, ", "), e.row.target, verdict }
+    e.verdict = verdict
+  end
+  local widths = {}
+  for i, h in ipairs(header) do widths[i] = utf8_width(h) end
+  for _, l in ipairs(lines) do
+    for i, c in ipairs(l) do widths[i] = math.max(widths[i], utf8_width(c)) end
+  end
+  local function emit(cells)
+    local out = {}
+    for i, c in ipairs(cells) do out[i] = pad(c, widths[i]) end
+    print("| " .. table.concat(out, " | ") .. " |")
+  end
+  emit(header)
+  local sep = {}
+  for i, w in ipairs(widths) do sep[i] = ("-"):rep(w) end
+  print("|-" .. table.concat(sep, "-|-") .. "-|")
+  for _, l in ipairs(lines) do emit(l) end
+end
+
+local function machine_info()
+  local nproc = first_line("nproc")
+  local cpu = ""
+  local f = io.open("/proc/cpuinfo", "r")
+  if f then
+    for line in f:lines() do
+      local m = line:match("^model name%s*:%s*(.*)$")
+      if m then cpu = m break end
+    end
+    f:close()
+  end
+  local py = first_line(shell_quote(PYTHON) .. " --version")
+  print(("lmp benchmark — %s"):format(os.date("!%Y-%m-%d %H:%M UTC")))
+  print(("machine: %s cores (nproc), %s, %s"):format(nproc, cpu ~= "" and cpu or "unknown CPU",
+    first_line("uname -sr")))
+  print(("lmp %s on %s; CPython: %s; %d workers each, CPython start method fork; best of %d")
+    :format(tostring(mp.version), _VERSION, py, WORKERS, opts.reps))
+end
+
+-- Main ---------------------------------------------------------------------------------------
+
+if opts.list then
+  for _, row in ipairs(ROWS) do print(("%-16s %s"):format(row.name, row.desc or "")) end
+  os.exit(0)
+end
+
+local selected = {}
+for _, row in ipairs(ROWS) do
+  if not opts.only or opts.only[row.name] then selected[#selected + 1] = row end
+end
+if opts.only then
+  for name in pairs(opts.only) do
+    local known = false
+    for _, row in ipairs(ROWS) do known = known or row.name == name end
+    if not known then
+      io.stderr:write("bench: unknown row " .. name .. " (--list shows them)\n")
+      os.exit(2)
+    end
+  end
+end
+
+machine_info()
+io.stdout:flush()
+
+local results, failed = {}, false
+for _, row in ipairs(selected) do
+  local dog = watchdog_start(ROW_DEADLINE)
+  local ok, r = pcall(measure, row)
+  watchdog_stop(dog)
+  if not ok then r = { refs = {}, errors = { errmsg(r) } } end
+  if #r.errors > 0 then failed = true end
+  results[#results + 1] = { row = row, r = r }
+end
+
+print()
+print_table(results)
+print()
+for _, e in ipairs(results) do
+  local r = e.r
+  local notes = {}
+  if r.lmp_details and r.lmp_details ~= "" then notes[#notes + 1] = "lmp " .. r.lmp_details end
+  if r.py_details and r.py_details ~= "" then notes[#notes + 1] = "CPython " .. r.py_details end
+  for name, v in pairs(r.refs) do
+    notes[#notes + 1] = ("%s %.1f µs"):format((e.row.ref_labels or {})[name] or name, v)
+  end
+  if #notes > 0 then print(("%s: %s"):format(e.row.name, table.concat(notes, "; "))) end
+  for _, err in ipairs(r.errors) do
+    print(("%s: ERROR %s"):format(e.row.name, (err:gsub("\n", "\n    "))))
+  end
+end
+io.stdout:flush()
+os.exit(failed and 1 or 0)

@@ -1,0 +1,159 @@
+"""CPython multiprocessing side of lmp's benchmark (scripts/bench/bench.lua runs it).
+
+One workload per invocation; prints one line: "<row> <figure> <unit> [key=value ...]".
+    python3 bench_cpython.py map
+Start method fork, 2 workers, module-level task functions: the same setup as the lmp side.
+"""
+import multiprocessing as mp
+import os
+import sys
+import time
+
+WORKERS = 2
+
+
+def square(x):
+    return x * x
+
+
+def ident(x):
+    return x
+
+
+def nothing():
+    return None
+
+
+def spin(n):
+    s = 0
+    for i in range(n):
+        s += i % 7
+    return s
+
+
+def row_map():
+    data = range(1_000_000)
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        t0 = time.perf_counter()
+        res = pool.map(square, data)
+        dt = time.perf_counter() - t0
+    assert len(res) == 1_000_000 and res[-1] == 999_999 ** 2
+    return "%.1f tasks/s" % (len(res) / dt)
+
+
+def row_apply():
+    n = 5000
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        t0 = time.perf_counter()
+        for i in range(n):
+            assert pool.apply_async(ident, (i,)).get(60) == i
+        dt = time.perf_counter() - t0
+    return "%.3f us/rt" % (dt / n * 1e6)
+
+
+def row_apply_many():
+    n = 100_000
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        t0 = time.perf_counter()
+        results = [pool.apply_async(ident, (i,)) for i in range(n)]
+        total = 0
+        for r in results:
+            total += r.get(120)
+        dt = time.perf_counter() - t0
+    assert total == n * (n - 1) // 2
+    return "%.1f tasks/s" % (n / dt)
+
+
+def row_imap_unordered():
+    n = 200_000
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        t0 = time.perf_counter()
+        count = 0
+        for _ in pool.imap_unordered(square, range(n), chunksize=1):
+            count += 1
+        dt = time.perf_counter() - t0
+    assert count == n
+    return "%.1f tasks/s" % (n / dt)
+
+
+def row_startstop():
+    k = 5
+    t0 = time.perf_counter()
+    for _ in range(k):
+        with mp.Pool(WORKERS) as pool:
+            pool.apply(nothing, ())
+    dt = time.perf_counter() - t0
+    return "%.3f ms" % (dt / k * 1e3)
+
+
+def calibrate(target):
+    """Iterations of spin() that take about target seconds here."""
+    n = 100_000
+    while True:
+        t0 = time.perf_counter()
+        spin(n)
+        dt = time.perf_counter() - t0
+        if dt > 0.05:
+            return max(1, int(n * target / dt))
+        n *= 2
+
+
+def row_cpu():
+    tasks = 8
+    n = calibrate(0.25)
+    t0 = time.perf_counter()
+    serial = [spin(n) for _ in range(tasks)]
+    t_serial = time.perf_counter() - t0
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        t0 = time.perf_counter()
+        par = pool.map(spin, [n] * tasks, chunksize=1)
+        t_pool = time.perf_counter() - t0
+    assert par == serial
+    return "%.3f x serial=%.3fs pool=%.3fs" % (t_serial / t_pool, t_serial, t_pool)
+
+
+def private_kib(pid):
+    total = 0
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
+def row_mem():
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        time.sleep(0.2)
+        sizes = [private_kib(p.pid) for p in pool._pool]
+    return "%.3f MiB workers_kib=%s" % (max(sizes) / 1024, ",".join(map(str, sizes)))
+
+
+ROWS = {
+    "map": row_map,
+    "apply": row_apply,
+    "apply_many": row_apply_many,
+    "imap_unordered": row_imap_unordered,
+    "startstop": row_startstop,
+    "cpu": row_cpu,
+    "mem": row_mem,
+}
+
+
+def main():
+    if len(sys.argv) != 2 or sys.argv[1] not in ROWS:
+        sys.stderr.write("usage: bench_cpython.py {%s}\n" % "|".join(ROWS))
+        return 2
+    mp.set_start_method("fork")
+    name = sys.argv[1]
+    print(name, ROWS[name](), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
