@@ -87,6 +87,13 @@ static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int
   for (int i = 0; i < FRAME_HDR; i++) h[i] = (unsigned char)(w >> (8 * (FRAME_HDR - 1 - i)));
   struct iovec iov[2] = {{h, FRAME_HDR}, {(void *)p, n}};
   int niov = 2;
+  char small[FRAME_HDR + 4096];
+  if (nfds == 0 && n <= 4096) { /* one contiguous buffer: a plain send() */
+    memcpy(small, h, FRAME_HDR);
+    if (n > 0) memcpy(small + FRAME_HDR, p, n);
+    iov[0] = (struct iovec){small, FRAME_HDR + n};
+    niov = 1;
+  }
   struct iovec *v = iov;
   union {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
@@ -108,7 +115,9 @@ static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int
       cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
       memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
     }
-    ssize_t r = sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t r = fds_sent && niov == 1
+                    ? send(c->fd, v->iov_base, v->iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                    : sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (r < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
