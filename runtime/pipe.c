@@ -79,6 +79,28 @@ static int wait_fd(lua_State *L, int fd, short events, lmp_deadline *d) {
 
 /* ---- sending ---- */
 
+static int tick(lua_State *L) {
+  lua_pushnumber(L, lmp_wait_tick(L));
+  return 1;
+}
+
+/* Like wait_fd once part of a frame is out: the loop's errors (InterruptedError) must not cut
+** the frame, so the first one is kept on the stack (*pending set) and raised after the frame. */
+static void wait_fd_midframe(lua_State *L, int fd, int *pending) {
+  double s = 0.05;
+  if (!*pending) {
+    lua_pushcfunction(L, tick);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) *pending = 1; /* error stays on top */
+    else {
+      double t = lua_tonumber(L, -1);
+      lua_pop(L, 1);
+      if (t >= 0 && t < s) s = t;
+    }
+  }
+  struct pollfd p = {fd, POLLOUT, 0};
+  poll(&p, 1, (int)(s * 1000) + 1);
+}
+
 /* Sends header + payload (+ fds on the first byte), blocking in slices. */
 static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int *fds, int nfds) {
   if (!c->writable) lmp_raise(L, "ValueError", "connection is read-only");
@@ -99,7 +121,7 @@ static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
     struct cmsghdr align;
   } u;
-  int fds_sent = nfds == 0;
+  int fds_sent = nfds == 0, started = 0, pending = 0;
   lmp_deadline d;
   lmp_deadline_init(&d, -1);
   while (niov > 0) {
@@ -121,14 +143,15 @@ static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int
     if (r < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        wait_fd(L, c->fd, POLLOUT, &d);
+        if (started) wait_fd_midframe(L, c->fd, &pending);
+        else wait_fd(L, c->fd, POLLOUT, &d);
         continue;
       }
       if (errno == EPIPE || errno == ECONNRESET)
         lmp_raise(L, "EOFError", "the other end of the pipe is closed");
       lmp_raise(L, "ValueError", "send failed: %s", strerror(errno));
     }
-    fds_sent = 1;
+    fds_sent = started = 1;
     size_t k = (size_t)r;
     while (niov > 0 && k >= v->iov_len) {
       k -= v->iov_len;
@@ -140,6 +163,7 @@ static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int
       v->iov_len -= k;
     }
   }
+  if (pending) lua_error(L);
 }
 
 static int l_send_bytes(lua_State *L) {

@@ -107,8 +107,25 @@ static int take_wlock(lua_State *L, shm_queue *s, double timeout) {
   return r;
 }
 
+static int tick(lua_State *L) {
+  lua_pushnumber(L, lmp_wait_tick(L));
+  return 1;
+}
+
+/* The loop's tick under protection: callers hold queue locks that an InterruptedError must not
+** leave held. Returns 0 (slice capped), or -2 with the error on top of the stack. */
+static int safe_tick(lua_State *L, double *slice) {
+  lua_pushcfunction(L, tick);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) return -2;
+  double t = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (t >= 0 && t < *slice) *slice = t;
+  return 0;
+}
+
 /* Sleeps on *w (== seq) for up to the next slice, counted in *waiters. Returns -1 when the
-** deadline has passed. Spins first: the other side is usually about to act. */
+** deadline has passed, -2 when the loop raised (error on the stack). Spins first: the other
+** side is usually about to act. */
 static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, lmp_deadline *d) {
   for (int i = 0; i < SPINS; i++) {
     if (__atomic_load_n(w, __ATOMIC_ACQUIRE) != seq) return 0;
@@ -116,8 +133,9 @@ static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, l
     __builtin_ia32_pause();
 #endif
   }
-  double sl = lmp_deadline_slice(L, d, 0.05);
+  double sl = lmp_deadline_slice(NULL, d, 0.05);
   if (sl < 0) return -1;
+  if (L != NULL && safe_tick(L, &sl) != 0) return -2;
   __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
   if (__atomic_load_n(w, __ATOMIC_SEQ_CST) == seq) lmp_futex_wait(w, seq, sl);
   __atomic_sub_fetch(waiters, 1, __ATOMIC_SEQ_CST);
@@ -125,7 +143,7 @@ static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, l
 }
 
 /* Waits until the ring has room for need bytes (or maxsize allows an item when count).
-** Returns -1 on timeout. */
+** Returns -1 on timeout, -2 on a loop error (on the stack). */
 static int wait_room(lua_State *L, shm_queue *s, uint64_t need, int count, lmp_deadline *d) {
   for (;;) {
     uint32_t seq = __atomic_load_n(&s->rseq, __ATOMIC_SEQ_CST);
@@ -133,8 +151,18 @@ static int wait_room(lua_State *L, shm_queue *s, uint64_t need, int count, lmp_d
     if (count && s->maxsize && __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST) >= s->maxsize)
       ok = 0;
     if (ok) return 0;
-    if (wait_on(L, &s->rseq, seq, &s->wwaiters, d) < 0) return -1;
+    int r = wait_on(L, &s->rseq, seq, &s->wwaiters, d);
+    if (r < 0) return r;
   }
+}
+
+/* Leaves put_bytes: withdraws a partial item, releases the writer lock, raises Full (r == -1)
+** or the loop's error (r == -2). */
+static void put_fail(lua_State *L, shm_queue *s, int r) {
+  abort_item(s);
+  lmp_mutex_unlock(&s->wlock);
+  if (r == -2) lua_error(L);
+  lmp_raise(L, "Full", "queue is full");
 }
 
 /* Writes one encoded item; raises Full on timeout. The caller holds nothing. */
@@ -143,10 +171,8 @@ static void put_bytes(lua_State *L, shm_queue *s, const char *p, size_t n, doubl
   lmp_deadline_init(&d, timeout);
   if (take_wlock(L, s, timeout) == LMP_LOCK_TIMEOUT) lmp_raise(L, "Full", "queue is full");
   if (n + HDR <= s->cap - HDR) { /* fits: one chunk */
-    if (wait_room(L, s, HDR + n, 1, &d) < 0) {
-      lmp_mutex_unlock(&s->wlock);
-      lmp_raise(L, "Full", "queue is full");
-    }
+    int r = wait_room(L, s, HDR + n, 1, &d);
+    if (r < 0) put_fail(L, s, r);
     if (s->kind == Q_JOINABLE) __atomic_add_fetch(&s->unfinished, 1, __ATOMIC_SEQ_CST);
     put_chunk(s, p, (uint32_t)n, F_FIRST | F_LAST);
     __atomic_add_fetch(&s->nitems, 1, __ATOMIC_SEQ_CST);
@@ -155,10 +181,11 @@ static void put_bytes(lua_State *L, shm_queue *s, const char *p, size_t n, doubl
   }
   size_t sent = 0;
   uint64_t min_chunk = s->cap / 4;
-  if (wait_room(L, s, 0, 1, &d) < 0) goto full;
+  int r = wait_room(L, s, 0, 1, &d);
+  if (r < 0) put_fail(L, s, r);
   while (sent < n) {
     uint64_t want = n - sent < min_chunk ? n - sent : min_chunk;
-    if (wait_room(L, s, HDR + want, 0, &d) < 0) goto full;
+    if ((r = wait_room(L, s, HDR + want, 0, &d)) < 0) put_fail(L, s, r);
     lmp_deadline_init(&d, timeout); /* progress: the timeout starts again */
     uint64_t room = ring_free(s) - HDR, len = n - sent;
     if (len > room) len = room;
@@ -172,11 +199,6 @@ static void put_bytes(lua_State *L, shm_queue *s, const char *p, size_t n, doubl
   }
   __atomic_add_fetch(&s->nitems, 1, __ATOMIC_SEQ_CST);
   lmp_mutex_unlock(&s->wlock);
-  return;
-full:
-  abort_item(s);
-  lmp_mutex_unlock(&s->wlock);
-  lmp_raise(L, "Full", "queue is full");
 }
 
 /* While a reader waits for the rest of an item: if the writer died, close its item. */
@@ -187,8 +209,9 @@ static void check_writer(shm_queue *s) {
     lmp_mutex_unlock(&s->wlock);
 }
 
-/* Reads one item into out; returns 0, or -1 on timeout before an item started. The caller
-** holds rlock. */
+/* Reads one item into out; returns 0, -1 on timeout before an item started, or -2 when the
+** loop raised (error on the stack; a partly read item is lost, the rest of the queue is
+** intact). The caller holds rlock. */
 static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
   lmp_deadline d;
   lmp_deadline_init(&d, timeout);
@@ -197,7 +220,9 @@ static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
     uint32_t seq = __atomic_load_n(&s->wseq, __ATOMIC_SEQ_CST);
     uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE), head = s->head;
     if (tail == head) {
-      if (wait_on(L, &s->wseq, seq, &s->rwaiters, &d) < 0) {
+      int r = wait_on(L, &s->wseq, seq, &s->rwaiters, &d);
+      if (r == -2) return -2;
+      if (r < 0) {
         if (!assembling) return -1;
         check_writer(s);
         lmp_deadline_init(&d, 0.05);
@@ -269,6 +294,7 @@ static int do_get(lua_State *L, queueobj *q, double timeout) {
   double left = d.forever ? -1 : d.end - lmp_monotonic();
   int r = get_bytes(L, s, &dec_buf, d.forever ? -1 : (left < 0 ? 0 : left));
   lmp_mutex_unlock(&s->rlock);
+  if (r == -2) return lua_error(L);
   if (r < 0) return lmp_raise(L, "Empty", "queue is empty");
   lmp_decode(L, dec_buf.p, dec_buf.len, NULL, 0);
   if (dec_buf.cap > (4u << 20)) lmp_buf_free(&dec_buf);
@@ -412,6 +438,7 @@ static int l_get_bytes(lua_State *L) {
     return lmp_raise(L, "Empty", "queue is empty");
   int r = get_bytes(L, s, &dec_buf, t);
   lmp_mutex_unlock(&s->rlock);
+  if (r == -2) return lua_error(L);
   if (r < 0) return lmp_raise(L, "Empty", "queue is empty");
   lua_pushlstring(L, dec_buf.p, dec_buf.len);
   return 1;
