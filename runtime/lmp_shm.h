@@ -34,6 +34,11 @@ void lmp_deadline_init(lmp_deadline *d, double timeout);
 ** has passed. May raise InterruptedError through L. */
 double lmp_deadline_slice(lua_State *L, lmp_deadline *d, double cap);
 
+/* The loop's tick (lmp_wait_tick) under protection, for waits that hold shared state an error
+** must not abandon. Returns 0 with *slice capped to the tick's answer, or -2 with the error on
+** top of the stack. */
+int lmp_safe_tick(lua_State *L, double *slice);
+
 /* ---- the owner-checked mutex: word = owner tid, 0 when free; sleepers = processes asleep ---- */
 typedef struct lmp_mutex {
   uint32_t word;

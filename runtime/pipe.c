@@ -79,24 +79,11 @@ static int wait_fd(lua_State *L, int fd, short events, lmp_deadline *d) {
 
 /* ---- sending ---- */
 
-static int tick(lua_State *L) {
-  lua_pushnumber(L, lmp_wait_tick(L));
-  return 1;
-}
-
 /* Like wait_fd once part of a frame is out: the loop's errors (InterruptedError) must not cut
 ** the frame, so the first one is kept on the stack (*pending set) and raised after the frame. */
 static void wait_fd_midframe(lua_State *L, int fd, int *pending) {
   double s = 0.05;
-  if (!*pending) {
-    lua_pushcfunction(L, tick);
-    if (lua_pcall(L, 0, 1, 0) != LUA_OK) *pending = 1; /* error stays on top */
-    else {
-      double t = lua_tonumber(L, -1);
-      lua_pop(L, 1);
-      if (t >= 0 && t < s) s = t;
-    }
-  }
+  if (!*pending && lmp_safe_tick(L, &s) != 0) *pending = 1; /* the error stays on top */
   struct pollfd p = {fd, POLLOUT, 0};
   poll(&p, 1, (int)(s * 1000) + 1);
 }

@@ -107,22 +107,6 @@ static int take_wlock(lua_State *L, shm_queue *s, double timeout) {
   return r;
 }
 
-static int tick(lua_State *L) {
-  lua_pushnumber(L, lmp_wait_tick(L));
-  return 1;
-}
-
-/* The loop's tick under protection: callers hold queue locks that an InterruptedError must not
-** leave held. Returns 0 (slice capped), or -2 with the error on top of the stack. */
-static int safe_tick(lua_State *L, double *slice) {
-  lua_pushcfunction(L, tick);
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) return -2;
-  double t = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  if (t >= 0 && t < *slice) *slice = t;
-  return 0;
-}
-
 /* Sleeps on *w (== seq) for up to the next slice, counted in *waiters. Returns -1 when the
 ** deadline has passed, -2 when the loop raised (error on the stack). Spins first: the other
 ** side is usually about to act. */
@@ -135,7 +119,7 @@ static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, l
   }
   double sl = lmp_deadline_slice(NULL, d, 0.05);
   if (sl < 0) return -1;
-  if (L != NULL && safe_tick(L, &sl) != 0) return -2;
+  if (L != NULL && lmp_safe_tick(L, &sl) != 0) return -2;
   __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
   if (__atomic_load_n(w, __ATOMIC_SEQ_CST) == seq) lmp_futex_wait(w, seq, sl);
   __atomic_sub_fetch(waiters, 1, __ATOMIC_SEQ_CST);

@@ -86,6 +86,20 @@ double lmp_deadline_slice(lua_State *L, lmp_deadline *d, double cap) {
   return s;
 }
 
+static int tick(lua_State *L) {
+  lua_pushnumber(L, lmp_wait_tick(L));
+  return 1;
+}
+
+int lmp_safe_tick(lua_State *L, double *slice) {
+  lua_pushcfunction(L, tick);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) return -2;
+  double t = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (t >= 0 && t < *slice) *slice = t;
+  return 0;
+}
+
 /* ---- the owner-checked mutex ---- */
 
 #define SPIN 1000
@@ -507,23 +521,26 @@ static int l_cond_wait(lua_State *L) {
   lmp_mutex_unlock(&k->m);
   lmp_deadline d;
   lmp_deadline_init(&d, timeout);
-  int woken = 0;
+  int woken = 0, failed = 0;
   for (;;) {
     if (take_grant(c, 0)) {
       woken = 1;
       break;
     }
     double s = lmp_deadline_slice(NULL, &d, 0.05);
-    if (s < 0) {
+    if (s < 0 || (failed = lmp_safe_tick(L, &s)) != 0) {
+      /* timeout, or the loop raised (its error is on the stack): stop waiting, but a wake-up
+      ** granted meanwhile is taken, not lost */
       woken = take_grant(c, 1);
       break;
     }
     lmp_futex_wait(&c->seq, seq, s);
     seq = __atomic_load_n(&c->seq, __ATOMIC_SEQ_CST);
-    lmp_wait_tick(L); /* an InterruptedError here leaves a stale waiter count behind (a later notify may be spent on it) */
   }
-  lmp_mutex_lock(L, &k->m, -1);
+  /* like Python, the lock is held again when wait returns or raises */
+  lmp_mutex_lock(NULL, &k->m, -1);
   k->count = depth;
+  if (failed) return lua_error(L);
   lua_pushboolean(L, woken);
   return 1;
 }
@@ -649,22 +666,25 @@ static int l_barrier_wait(lua_State *L) {
   uint32_t idx = b->count++, gen = b->gen;
   if (b->count == b->parties) return barrier_last(L, b, idx);
   lmp_mutex_unlock(&b->m);
+  int failed = 0;
   for (;;) {
     uint32_t g = __atomic_load_n(&b->gen, __ATOMIC_SEQ_CST);
     if (g != gen) break;
-    double s = lmp_deadline_slice(L, &d, 0.05);
-    if (s < 0) {
-      barrier_lock(L, b);
+    double s = lmp_deadline_slice(NULL, &d, 0.05);
+    if (s < 0 || (failed = lmp_safe_tick(L, &s)) != 0) {
+      /* timeout or a loop error: this party leaves, so the round is broken for everyone */
+      barrier_lock(NULL, b);
       if (b->gen == gen) barrier_break(b);
       lmp_mutex_unlock(&b->m);
+      if (failed) return lua_error(L);
       break;
     }
     lmp_futex_wait(&b->gen, gen, s);
   }
   barrier_lock(L, b);
-  int failed = b->fail_gen == gen && (b->broken || b->gen != gen);
+  int broken = b->fail_gen == gen && (b->broken || b->gen != gen);
   lmp_mutex_unlock(&b->m);
-  if (failed) return lmp_raise(L, "BrokenBarrierError", "barrier is broken");
+  if (broken) return lmp_raise(L, "BrokenBarrierError", "barrier is broken");
   lua_pushinteger(L, idx);
   return 1;
 }
