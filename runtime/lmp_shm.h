@@ -82,6 +82,8 @@ void lmp_shm_ref_write(lmp_shm_obj *o, luaL_Buffer *b);
 /* Reads a record at p and fills o, mapping the arena when needed (from fd if >= 0, else from
 ** /proc/<creator>/fd/<n>); takes a new reference. Raises on failure. */
 void lmp_shm_ref_read(lua_State *L, const char *p, int fd, lmp_shm_obj *o);
+/* Bytes usable at o->p (decoders check a handle's object fits before trusting its header). */
+size_t lmp_shm_capacity(const lmp_shm_obj *o);
 /* The arena fd of o (valid in this process). */
 int lmp_shm_fd(const lmp_shm_obj *o);
 

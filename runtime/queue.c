@@ -377,7 +377,10 @@ static int q_decode(lua_State *L) {
   size_t xl;
   lmp_shm_read_handle(L, objs, 1, &xl);
   shm_queue *s = q->o.p;
-  if (s->kind > Q_JOINABLE || s->cap == 0) return luaL_error(L, "malformed queue handle");
+  size_t room = lmp_shm_capacity(&q->o);
+  if (room < sizeof(shm_queue) || s->kind > Q_JOINABLE || s->cap == 0 ||
+      s->cap > room - sizeof(shm_queue))
+    return luaL_error(L, "malformed queue handle");
   q->kind = (int)s->kind;
   luaL_setmetatable(L, qname[q->kind]);
   return 1;

@@ -217,6 +217,12 @@ void lmp_shm_release(lmp_shm_obj *o) {
 
 int lmp_shm_fd(const lmp_shm_obj *o) { return o->arena->fd; }
 
+size_t lmp_shm_capacity(const lmp_shm_obj *o) {
+  block_hdr *b = block_of(o->arena, o->off);
+  if (b->cls == DEDICATED) return o->arena->size - o->off;
+  return ((size_t)MIN_BLOCK << b->cls) - BLOCK_HDR;
+}
+
 /* ---- handles ---- */
 
 static void put64(char *p, uint64_t v) {
@@ -292,7 +298,12 @@ void lmp_shm_ref_read(lua_State *L, const char *p, int fd, lmp_shm_obj *o) {
   }
   if (a == NULL)
     luaL_error(L, "cannot map shared object (arena of process %d): %s", (int)cpid, why);
-  if (off < BLOCK_HDR || off >= a->size || block_of(a, off)->magic != BLOCK_MAGIC)
+  if (off < sizeof(arena_hdr) + BLOCK_HDR || off >= a->size || (off & 15) != 0 ||
+      block_of(a, off)->magic != BLOCK_MAGIC)
+    luaL_error(L, "malformed shared object handle");
+  block_hdr *bh = block_of(a, off);
+  if (bh->cls != DEDICATED &&
+      (bh->cls >= NCLASS || off - BLOCK_HDR + ((uint64_t)MIN_BLOCK << bh->cls) > a->size))
     luaL_error(L, "malformed shared object handle");
   __atomic_add_fetch(&block_of(a, off)->refs, 1, __ATOMIC_ACQ_REL);
   a->local++;

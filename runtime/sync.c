@@ -746,6 +746,7 @@ static int decode_kind(lua_State *L, int kind) {
   lmp_shm_obj *objs[1] = {&s->o};
   size_t xl;
   const char *x = lmp_shm_read_handle(L, objs, 1, &xl);
+  if (lmp_shm_capacity(&s->o) < shm_size[kind]) return luaL_error(L, "malformed handle");
   if (kind == K_BARRIER && xl > 0) {
     lmp_decode(L, x, xl, NULL, 0);
     lua_setiuservalue(L, -2, 1);
@@ -769,6 +770,8 @@ static int dec_cond(lua_State *L) {
   syncobj *k = push_ud(L, lk);
   lmp_shm_obj *objs[2] = {&c->o, &k->o};
   lmp_shm_read_handle(L, objs, 2, &len);
+  if (lmp_shm_capacity(&c->o) < sizeof(shm_cond) || lmp_shm_capacity(&k->o) < sizeof(shm_lock))
+    return luaL_error(L, "malformed Condition handle");
   lua_setiuservalue(L, -2, 1);
   return 1;
 }

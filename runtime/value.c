@@ -346,7 +346,10 @@ static int decode(lua_State *L, const char *name) {
   size_t xl;
   lmp_shm_read_handle(L, objs, 1, &xl);
   shm_value *s = v->o.p;
-  if ((v->t = find_tc((int)s->tc)) == NULL || s->is_array != (strcmp(name, "lmp.Array") == 0))
+  size_t room = lmp_shm_capacity(&v->o);
+  if (room < sizeof(shm_value) || (v->t = find_tc((int)s->tc)) == NULL ||
+      s->is_array != (strcmp(name, "lmp.Array") == 0) ||
+      s->n > (room - sizeof(shm_value)) / v->t->size)
     return luaL_error(L, "malformed %s handle", name);
   return 1;
 }
