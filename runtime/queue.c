@@ -110,13 +110,15 @@ static int take_wlock(lua_State *L, shm_queue *s, double timeout) {
 /* Sleeps on *w (== seq) for up to the next slice, counted in *waiters. Returns -1 when the
 ** deadline has passed, -2 when the loop raised (error on the stack). Spins first: the other
 ** side is usually about to act. */
-static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, lmp_deadline *d) {
-  for (int i = 0; i < SPINS; i++) {
+static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, lmp_deadline *d,
+                   int *spun) {
+  for (int i = 0; i < SPINS && !*spun; i++) {
     if (__atomic_load_n(w, __ATOMIC_ACQUIRE) != seq) return 0;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
   }
+  *spun = 1; /* once per operation: a long wait sleeps */
   double sl = lmp_deadline_slice(NULL, d, 0.05);
   if (sl < 0) return -1;
   if (L != NULL && lmp_safe_tick(L, &sl) != 0) return -2;
@@ -129,13 +131,14 @@ static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, l
 /* Waits until the ring has room for need bytes (or maxsize allows an item when count).
 ** Returns -1 on timeout, -2 on a loop error (on the stack). */
 static int wait_room(lua_State *L, shm_queue *s, uint64_t need, int count, lmp_deadline *d) {
+  int spun = 0;
   for (;;) {
     uint32_t seq = __atomic_load_n(&s->rseq, __ATOMIC_SEQ_CST);
     int ok = ring_free(s) >= need;
     if (count && s->maxsize && __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST) >= s->maxsize)
       ok = 0;
     if (ok) return 0;
-    int r = wait_on(L, &s->rseq, seq, &s->wwaiters, d);
+    int r = wait_on(L, &s->rseq, seq, &s->wwaiters, d, &spun);
     if (r < 0) return r;
   }
 }
@@ -199,12 +202,12 @@ static void check_writer(shm_queue *s) {
 static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
   lmp_deadline d;
   lmp_deadline_init(&d, timeout);
-  int assembling = 0;
+  int assembling = 0, spun = 0;
   for (;;) {
     uint32_t seq = __atomic_load_n(&s->wseq, __ATOMIC_SEQ_CST);
     uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE), head = s->head;
     if (tail == head) {
-      int r = wait_on(L, &s->wseq, seq, &s->rwaiters, &d);
+      int r = wait_on(L, &s->wseq, seq, &s->rwaiters, &d, &spun);
       if (r == -2) return -2;
       if (r < 0) {
         if (!assembling) return -1;
