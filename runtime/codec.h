@@ -64,6 +64,11 @@ void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, cons
 void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
                        lmp_buf *out, const char *root);
 
+/* Decodes a message holding an array table (what lmp__encode_range makes) straight into
+** t[offset..offset+narr-1] (t at stack index t), without making the table; returns narr.
+** Raises SerializationError for anything else. */
+lua_Integer lmp__decode_into(lua_State *L, const char *s, size_t n, int t, lua_Integer offset);
+
 /* Pushes the reverse map of package.loaded (value -> module reference), rebuilt when
 ** package.loaded changed since the last call. */
 void lmp__codec_revmap(lua_State *L);

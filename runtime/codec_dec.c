@@ -133,14 +133,19 @@ static void push_env(dec *d) {
 /* Reads a table record: numbered before its contents, so references to it inside resolve;
 ** the metatable is set last so filling the table triggers no metamethod. */
 /* Reads narr raw 8-byte numbers into t[1..narr] (T_TABLE_I / T_TABLE_F). */
-static void get_number_array(dec *d, int t, uint64_t narr, int kind) {
+static void get_number_array(dec *d, int t, uint64_t narr, int kind, lua_Integer offset) {
   lua_State *L = d->L;
   if (narr > remaining(d) / 8) bad(d, "array larger than the message");
   const unsigned char *p = (const unsigned char *)d->p;
   if (!lua_checkstack(L, 2)) bad(d, "Lua stack overflow");
   for (uint64_t i = 1; i <= narr; i++, p += 8) {
-    uint64_t u = 0;
+    uint64_t u;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&u, p, 8);
+#else
+    u = 0;
     for (int b = 0; b < 8; b++) u |= (uint64_t)p[b] << (8 * b);
+#endif
     if (kind == T_TABLE_I) {
       lua_pushinteger(L, (lua_Integer)u);
     } else {
@@ -148,7 +153,7 @@ static void get_number_array(dec *d, int t, uint64_t narr, int kind) {
       memcpy(&x, &u, 8);
       lua_pushnumber(L, x);
     }
-    lua_rawseti(L, t, (lua_Integer)i);
+    lua_rawseti(L, t, offset + (lua_Integer)i);
   }
   d->p += narr * 8;
 }
@@ -163,7 +168,7 @@ static void decode_table(dec *d, int kind) {
   int t = lua_gettop(L);
   add_ref(d);
   if (kind != T_TABLE) {
-    get_number_array(d, t, narr, kind);
+    get_number_array(d, t, narr, kind, 0);
   } else {
     for (uint64_t i = 1; i <= narr; i++) {
       decode_value(d);
@@ -368,34 +373,71 @@ static void decode_value(dec *d) {
 }
 
 /* Checks the header, decodes the single value it frames, and insists nothing follows. */
-void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
-  dec d;
+/* Checks the header and sets up a decoder: the per-message slots on the stack. */
+static void dec_init(dec *d, lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
   const unsigned char *p = (const unsigned char *)s;
-  d.L = L;
+  d->L = L;
   if (n < CODEC_HEADER || p[0] != CODEC_MAGIC0 || p[1] != CODEC_MAGIC1 || p[2] != CODEC_MAGIC2)
-    bad(&d, "not an lmp message");
-  if (p[3] != CODEC_VERSION) bad(&d, "unsupported version");
-  if (p[4] & ~CODEC_FLAG_FDINDEX) bad(&d, "unknown flags");
-  d.p = p + CODEC_HEADER;
-  d.end = p + n;
-  d.fds = fds;
-  d.nfds = nfds;
-  d.fdindex = p[4] & CODEC_FLAG_FDINDEX;
-  d.nref = 0;
-  d.depth = 0;
-  if (!lua_checkstack(L, 24)) bad(&d, "Lua stack overflow");
-  int base = lua_gettop(L);
+    bad(d, "not an lmp message");
+  if (p[3] != CODEC_VERSION) bad(d, "unsupported version");
+  if (p[4] & ~CODEC_FLAG_FDINDEX) bad(d, "unknown flags");
+  d->p = p + CODEC_HEADER;
+  d->end = p + n;
+  d->fds = fds;
+  d->nfds = nfds;
+  d->fdindex = p[4] & CODEC_FLAG_FDINDEX;
+  d->nref = 0;
+  d->depth = 0;
+  if (!lua_checkstack(L, 24)) bad(d, "Lua stack overflow");
   lua_pushnil(L);
-  d.refslot = lua_gettop(L);
-  d.refs = 0;
-  d.few0 = d.refslot + 1;
+  d->refslot = lua_gettop(L);
+  d->refs = 0;
+  d->few0 = d->refslot + 1;
   for (int i = 0; i < FEW_REFS; i++) lua_pushnil(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  d.G = lua_gettop(L);
+  d->G = lua_gettop(L);
   lua_pushnil(L);
-  d.env = lua_gettop(L);
+  d->env = lua_gettop(L);
+}
+
+void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
+  dec d;
+  int base = lua_gettop(L);
+  dec_init(&d, L, s, n, fds, nfds);
   decode_value(&d);
   if (d.p != d.end) bad(&d, "trailing bytes");
   lua_replace(L, base + 1);
   lua_settop(L, base + 1);
+}
+
+lua_Integer lmp__decode_into(lua_State *L, const char *s, size_t n, int t, lua_Integer offset) {
+  dec d;
+  t = lua_absindex(L, t);
+  int base = lua_gettop(L);
+  dec_init(&d, L, s, n, NULL, 0);
+  int kind = get_byte(&d);
+  if (kind != T_TABLE && kind != T_TABLE_I && kind != T_TABLE_F) bad(&d, "not an array");
+  enter(&d);
+  uint64_t narr = get_varint(&d);
+  if (narr > remaining(&d)) bad(&d, "array larger than the message");
+  lua_pushnil(L); /* ref 0 is the array itself, which is never made */
+  add_ref(&d);
+  lua_pop(L, 1);
+  if (kind != T_TABLE) {
+    get_number_array(&d, t, narr, kind, offset - 1);
+  } else {
+    for (uint64_t i = 1; i <= narr; i++) {
+      decode_value(&d);
+      lua_rawseti(L, t, offset - 1 + (lua_Integer)i);
+    }
+  }
+  uint64_t nhash = get_fixed(&d, 4);
+  if (nhash > remaining(&d) / 2) bad(&d, "table larger than the message");
+  for (uint64_t i = 0; i < 2 * nhash + 1; i++) { /* the pairs (n = narr) and the metatable */
+    decode_value(&d);
+    lua_pop(L, 1);
+  }
+  if (d.p != d.end) bad(&d, "trailing bytes");
+  lua_settop(L, base);
+  return (lua_Integer)narr;
 }

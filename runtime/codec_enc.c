@@ -274,37 +274,51 @@ static void encode_handle(enc *e, int idx) {
 
 /* ---- tables ---- */
 
-/* T_TABLE_I when t[1..narr] are all integers, T_TABLE_F when all floats, else T_TABLE.
-** Arrays of numbers are the bulk of map-like traffic: they go as raw 8-byte values. */
-static int array_kind(lua_State *L, int idx, lua_Integer first, lua_Integer narr) {
-  int ints = 1, floats = 1;
-  for (lua_Integer i = first; i < first + narr && (ints || floats); i++) {
-    if (lua_rawgeti(L, idx, i) != LUA_TNUMBER) ints = floats = 0;
-    else if (lua_isinteger(L, -1)) floats = 0;
-    else ints = 0;
-    lua_pop(L, 1);
-  }
-  return ints ? T_TABLE_I : floats ? T_TABLE_F : T_TABLE;
+/* Stores an 8-byte value little-endian. */
+static inline void put_le64(unsigned char *p, uint64_t u) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(p, &u, 8);
+#else
+  for (int b = 0; b < 8; b++) p[b] = (unsigned char)(u >> (8 * b));
+#endif
 }
 
-/* Writes t[first..first+narr-1] as raw little-endian 8-byte integers or float bits. */
-static void put_number_array(enc *e, int idx, lua_Integer first, lua_Integer narr, int kind) {
+/* Writes t[first..first+narr-1] (t at idx) as T_TABLE_I (all integers) or T_TABLE_F (all
+** floats) with its length, in one pass; when an element breaks the pattern, the output is
+** rewound and 0 returned, and the caller writes a T_TABLE. Arrays of numbers are the bulk of
+** map-like traffic: they go as raw 8-byte values. */
+static int put_number_array(enc *e, int idx, lua_Integer first, lua_Integer narr) {
   lua_State *L = e->L;
+  if (narr < 4) return 0;
   if ((uint64_t)narr > ((size_t)-1) / 16) fail(e, "table too large");
+  int t = lua_rawgeti(L, idx, first);
+  int isint = lua_isinteger(L, -1);
+  lua_pop(L, 1);
+  if (t != LUA_TNUMBER) return 0;
+  size_t mark = e->out->len;
+  put_byte(e, isint ? T_TABLE_I : T_TABLE_F);
+  put_varint(e, (uint64_t)narr);
   unsigned char *p = room(e, (size_t)narr * 8);
   for (lua_Integer i = first; i < first + narr; i++, p += 8) {
     uint64_t u;
-    lua_rawgeti(L, idx, i);
-    if (kind == T_TABLE_I) {
+    t = lua_rawgeti(L, idx, i);
+    if (isint) {
+      if (!lua_isinteger(L, -1)) goto mixed;
       u = (uint64_t)lua_tointeger(L, -1);
     } else {
+      if (t != LUA_TNUMBER || lua_isinteger(L, -1)) goto mixed;
       lua_Number d = lua_tonumber(L, -1);
       memcpy(&u, &d, 8);
     }
     lua_pop(L, 1);
-    for (int b = 0; b < 8; b++) p[b] = (unsigned char)(u >> (8 * b));
+    put_le64(p, u);
   }
   e->out->len += (size_t)narr * 8;
+  return 1;
+mixed:
+  lua_pop(L, 1);
+  e->out->len = mark;
+  return 0;
 }
 
 /* Writes the table at idx: a back reference, the globals, a module reference, a handle, or
@@ -325,12 +339,9 @@ static void encode_table(enc *e, int idx) {
   }
   mark(e, idx);
   lua_Integer narr = (lua_Integer)lua_rawlen(L, idx);
-  int kind = narr >= 4 ? array_kind(L, idx, 1, narr) : T_TABLE;
-  put_byte(e, kind);
-  put_varint(e, (uint64_t)narr);
-  if (kind != T_TABLE) {
-    put_number_array(e, idx, 1, narr, kind);
-  } else {
+  if (!put_number_array(e, idx, 1, narr)) {
+    put_byte(e, T_TABLE);
+    put_varint(e, (uint64_t)narr);
     push_frame(e, F_INDEX, 0, 0, NULL);
     frame *f = &e->frames[e->nframe - 1];
     for (lua_Integer i = 1; i <= narr; i++) {
@@ -803,12 +814,9 @@ void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer cou
   enc_init(&e, L, out, NULL, root);
   e.few[e.nfew++] = NULL; /* ref id 0: the array table of the message, never referenced */
   e.nref++;
-  int kind = count >= 4 ? array_kind(L, idx, first, count) : T_TABLE;
-  put_byte(&e, kind);
-  put_varint(&e, (uint64_t)count);
-  if (kind != T_TABLE) {
-    put_number_array(&e, idx, first, count, kind);
-  } else {
+  if (!put_number_array(&e, idx, first, count)) {
+    put_byte(&e, T_TABLE);
+    put_varint(&e, (uint64_t)count);
     e.depth = 1;
     push_frame(&e, F_INDEX, 0, 0, NULL);
     frame *f = &e.frames[e.nframe - 1];

@@ -19,6 +19,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -196,7 +199,14 @@ static int pdeliver(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->handler);
   lua_pushinteger(L, (lua_Integer)d->id);
   lua_pushstring(L, d->status);
-  if (d->msg) {
+  if (r == NULL && ok && lua_getfield(L, waiter, "into") == LUA_TTABLE) {
+    /* a chunk of a map: its results go straight into place; the handler gets true */
+    lua_getfield(L, waiter, "start");
+    lmp__decode_into(L, d->msg, d->len, -2, lua_tointeger(L, -1));
+    lua_pop(L, 2);
+    lua_pushboolean(L, 1);
+  } else if (d->msg) {
+    if (r == NULL && ok) lua_pop(L, 1); /* the "into" field that was not a table */
     lmp_decode(L, d->msg, d->len, NULL, 0);
   } else {
     lua_createtable(L, 0, 3);
@@ -715,6 +725,31 @@ static void dispatch(pool *p) {
 
 static void on_idle(uv_idle_t *h) { uv_idle_stop(h); }
 
+/* One quick task in flight (the apply(...):get() round trip): its result is due within a few
+** tens of microseconds, sooner than the parent could go to sleep and be woken. So watch the
+** worker's ring for a moment before sleeping. Never when more is in flight: then the workers
+** need the CPU, and results come in batches anyway. Returns how many frames it handled. */
+static int spin_for_result(pool *p) {
+  worker *only = NULL;
+  long inflight = 0;
+  for (int i = 0; i < p->n; i++) {
+    worker *w = p->w[i];
+    if (w == NULL) continue;
+    inflight += w->inflight.n;
+    if (w->inflight.n) only = w;
+  }
+  if (inflight != 1 || only->ring == NULL || !(p->avg > 0 && p->avg < 150e-6)) return 0;
+  double until = lmp_monotonic() + (3 * p->avg + 30e-6 < 250e-6 ? 3 * p->avg + 30e-6 : 250e-6);
+  lmp_ring *r = only->ring;
+  for (int k = 0;; k++) {
+    if (__atomic_load_n(&r->head, __ATOMIC_ACQUIRE) != r->tail) return drain_ring(p, only);
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((k & 63) == 63 && lmp_monotonic() > until) return 0;
+  }
+}
+
 /* Before the loop blocks: write everything coalesced so far, read the rings, and tell the
 ** workers to announce what comes next (then look once more, so nothing slips between). When
 ** results were read, the loop must not block this time: the idle handle sees to that. */
@@ -726,6 +761,7 @@ static void on_prepare(uv_prepare_t *h) {
     if (w && w->outpos < w->out.len) flush(w);
     if (w && p->w[i] == w) got += drain_ring(p, w);
   }
+  if (!got) got = spin_for_result(p);
   for (int i = 0; i < p->n && !got; i++) {
     worker *w = p->w[i];
     if (!w || !w->ring) continue;
@@ -792,6 +828,10 @@ static void pool_maybe_free(pool *p) {
   free(p->w);
   free(p->init);
   free(p);
+#ifdef __GLIBC__
+  /* a busy pool leaves much freed memory behind: give it back, so later forks copy less */
+  malloc_trim(0);
+#endif
 }
 
 /* ---- Lua interface ---- */
@@ -848,7 +888,8 @@ static int pool_gc(lua_State *L) {
   uv_close((uv_handle_t *)&p->prepare, handle_closed);
   uv_close((uv_handle_t *)&p->check, handle_closed);
   uv_close((uv_handle_t *)&p->idle, handle_closed);
-  if (!p->lp->running && !p->lp->closed) uv_run(&p->lp->uv, UV_RUN_NOWAIT);
+  /* memory is freed by the close callbacks, the next time the loop runs: never run it from
+  ** a finalizer, which may be called in the middle of anything */
   return 0;
 }
 

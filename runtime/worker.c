@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include "codec.h"
 #include "frame.h"
@@ -26,6 +27,7 @@ typedef struct wstate {
   long done;       /* tasks finished */
   lua_Integer range; /* >= 0: the value being sent is a chunk's results, of this length */
   lmp_ring *ring;  /* results go here when they fit (frame.h) */
+  double last_task; /* how long the last task ran (s) */
   long maxtasks;   /* leave after this many (0: never) */
 } wstate;
 
@@ -82,9 +84,17 @@ static ssize_t fill_in(wstate *w) {
     w->pos = 0;
   }
   if (lmp_buf_reserve(&w->in, 65536) != 0) return -1;
-  ssize_t n;
-  do n = read(w->fd, w->in.p + w->in.len, w->in.cap - w->in.len);
-  while (n < 0 && errno == EINTR);
+  ssize_t n = -1;
+  /* After a quick task the next one often follows within microseconds (a caller doing
+  ** apply():get() in a loop): look for it a moment before going to sleep. */
+  if (w->last_task < 50e-6) {
+    double until = lmp_monotonic() + 30e-6;
+    do n = recv(w->fd, w->in.p + w->in.len, w->in.cap - w->in.len, MSG_DONTWAIT);
+    while (n < 0 && (errno == EAGAIN || errno == EINTR) && lmp_monotonic() < until);
+  }
+  if (n < 0)
+    do n = read(w->fd, w->in.p + w->in.len, w->in.cap - w->in.len);
+    while (n < 0 && errno == EINTR);
   if (n > 0) w->in.len += (size_t)n;
   return n;
 }
@@ -193,9 +203,44 @@ static void send_result(lua_State *L, wstate *w, uint64_t id, int status, uint32
   lua_pop(L, 2);
 }
 
-/* Stands in for the task function when a starmap item is not a table of arguments. */
-static int bad_star_item(lua_State *L) {
-  return luaL_error(L, "starmap: each item must be a table of arguments");
+typedef struct chunkrun {
+  int kind;
+  lua_Integer i; /* the item being run: the failing one when the chunk raises */
+} chunkrun;
+
+/* Protected (stack: fn args chunkrun): runs fn over args[1..n] into a new table {n = n} left
+** on the stack. One protected call for the whole chunk, not one per item. */
+static int pchunk(lua_State *L) {
+  chunkrun *c = lua_touserdata(L, 3);
+  lua_settop(L, 2);
+  int fn = 1, args = 2;
+  lua_Integer n = (lua_getfield(L, args, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
+                                                               : luaL_len(L, args);
+  lua_pop(L, 1);
+  lua_createtable(L, (int)n, 1);
+  int res = lua_gettop(L);
+  for (lua_Integer i = 1; i <= n; i++) {
+    c->i = i;
+    lua_pushvalue(L, fn);
+    lua_rawgeti(L, args, i);
+    int nargs = 1;
+    if (c->kind == K_STARMAP) {
+      int t = lua_gettop(L);
+      if (!lua_istable(L, t)) return luaL_error(L, "starmap: each item must be a table of arguments");
+      lua_Integer m = (lua_getfield(L, t, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
+                                                               : luaL_len(L, t);
+      lua_pop(L, 1);
+      luaL_checkstack(L, (int)m + 4, "too many arguments");
+      for (lua_Integer j = 1; j <= m; j++) lua_rawgeti(L, t, j);
+      lua_remove(L, t);
+      nargs = (int)m;
+    }
+    lua_call(L, nargs, 1);
+    lua_rawseti(L, res, i);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, res, "n");
+  return 1;
 }
 
 /* Runs one task (fn and args on the stack: fn args); leaves the result value on the stack
@@ -220,39 +265,15 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
     lua_setfield(L, base + 1, "n");
     return RES_OK;
   }
-  lua_Integer n = (lua_getfield(L, args, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
-                                                               : luaL_len(L, args);
-  lua_pop(L, 1);
-  lua_createtable(L, (int)n, 1);
-  int res = lua_gettop(L);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_pushvalue(L, fn);
-    lua_rawgeti(L, args, i);
-    int nargs = 1;
-    if (kind == K_STARMAP) {
-      int t = lua_gettop(L);
-      nargs = 0;
-      if (!lua_istable(L, t)) { /* the call fails at this item, like a task error */
-        lua_settop(L, t - 2);
-        lua_pushcfunction(L, bad_star_item);
-      } else {
-        lua_Integer m = (lua_getfield(L, t, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
-                                                                 : luaL_len(L, t);
-        lua_pop(L, 1);
-        luaL_checkstack(L, (int)m + 4, "too many arguments");
-        for (lua_Integer j = 1; j <= m; j++) lua_rawgeti(L, t, j);
-        lua_remove(L, t);
-        nargs = (int)m;
-      }
-    }
-    if (lua_pcall(L, nargs, 1, 1) != LUA_OK) {
-      *index = (uint32_t)(i - 1);
-      return RES_ERROR;
-    }
-    lua_rawseti(L, res, i);
+  chunkrun c = {kind, 0};
+  lua_pushcfunction(L, pchunk);
+  lua_pushvalue(L, fn);
+  lua_pushvalue(L, args);
+  lua_pushlightuserdata(L, &c);
+  if (lua_pcall(L, 3, 1, 1) != LUA_OK) {
+    *index = (uint32_t)(c.i > 0 ? c.i - 1 : 0);
+    return RES_ERROR;
   }
-  lua_pushinteger(L, n);
-  lua_setfield(L, res, "n");
   return RES_OK;
 }
 
@@ -284,7 +305,9 @@ static void do_task(lua_State *L, wstate *w, const char *p, size_t len) {
   lua_remove(L, -2); /* the cache */
   lmp_decode(L, argmsg, arglen, NULL, 0);
   uint32_t index = 0;
+  double t0 = lmp_monotonic();
   int status = run_task(L, kind, &index); /* the result (or error info) on top */
+  w->last_task = lmp_monotonic() - t0;
   w->range = -1;
   if (status == RES_OK && kind != K_APPLY) {
     lua_getfield(L, -1, "n");
@@ -312,6 +335,7 @@ static int ptask(lua_State *L) {
 static int l_serve(lua_State *L) {
   wstate w = {.fd = (int)luaL_checkinteger(L, 1), .maxtasks = (long)luaL_optinteger(L, 2, 0),
               .range = -1,
+              .last_task = 1.0,
               .ring = (lmp_ring *)(intptr_t)luaL_optinteger(L, 3, 0)};
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);

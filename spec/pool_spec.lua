@@ -180,6 +180,20 @@ describe("mp.Pool", function()
       for i = 1, 60 do assert.is_true(seen[i]) end
     end)
 
+    it("yields each of 50,000 quick results exactly once, in big batches", function()
+      local pool <close> = mp.Pool(2)
+      local seq = {}
+      for i = 1, 50000 do seq[i] = i end
+      local seen, n = {}, 0
+      for i, v in pool:imap_unordered(function(x) return -x end, seq, 1) do
+        assert.is_nil(seen[i], "index " .. i .. " twice")
+        assert.are.equal(-i, v)
+        seen[i] = true
+        n = n + 1
+      end
+      assert.are.equal(50000, n)
+    end)
+
     it("does not end the loop at a nil result", function()
       local pool <close> = mp.Pool(2)
       local n, nils = 0, 0

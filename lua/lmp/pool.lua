@@ -124,7 +124,7 @@ Job.__index = Job
 
 local function new_job(pool, total, ordered)
   return setmetatable({ pool = pool, total = total, results = {}, done = 0, chunks = 0,
-                        ids = {}, ordered = ordered, ready = {}, err = nil }, Job)
+                        ids = {}, ordered = ordered, ready = {}, nready = 0, err = nil }, Job)
 end
 
 -- A failed chunk keeps the error of the earliest chunk (imap raises it at that position).
@@ -137,15 +137,22 @@ function Job:chunk_done(rec, ok, value, index, pid)
       self.err_chunk = rec.start
     end
   else
-    local results, start = self.results, rec.start
-    table.move(value, 1, rec.count, start, results)
+    local start = rec.start
+    -- the C pool decodes a chunk's results straight into place (value == true)
+    if value ~= true then table.move(value, 1, rec.count, start, self.results) end
     local filled = self.filled
     if filled then
       for k = start, start + rec.count - 1 do filled[k] = true end
     end
     if not self.ordered then
-      local ready = self.ready
-      for i = start, start + rec.count - 1 do ready[#ready + 1] = i end
+      -- ready[1..nready]: arrived indexes in arrival order (consumed ones become nil, so
+      -- the count is kept apart: # is no help on a list with a hole at its start)
+      local ready, nr = self.ready, self.nready
+      for i = start, start + rec.count - 1 do
+        nr = nr + 1
+        ready[nr] = i
+      end
+      self.nready = nr
     end
     self.done = self.done + rec.count
     if self.progress then self.progress(self.done, self.total) end
@@ -347,7 +354,7 @@ function Pool:_submit_chunks(job, kind, f, seq, n, chunksize, timeout)
   local ok, err = pcall(function()
     for start = 1, n, chunksize do
       local count = math.min(chunksize, n - start + 1)
-      local rec = { job = job, start = start, count = count }
+      local rec = { job = job, start = start, count = count, into = job.results }
       self:_submit(kind, fref, seq, rec, timeout, true, start, count)
       job.ids[rec.id] = true
       job.chunks = job.chunks + 1
@@ -480,7 +487,7 @@ function Pool:_imap(fname, f, seq, opts, ordered)
     while not exhausted and outstanding < limit do
       local count, chunk = read(chunksize)
       if count == 0 then exhausted = true break end
-      local rec = { job = job, start = next_start, count = count }
+      local rec = { job = job, start = next_start, count = count, into = job.results }
       local ok, err = pcall(self._submit, self, K_MAP, fref, chunk, rec, opts.timeout)
       if not ok then error(item_path_error(err, next_start), 0) end
       job.ids[rec.id] = true
@@ -514,7 +521,7 @@ function Pool:_imap(fname, f, seq, opts, ordered)
 
   local function next_unordered()
     feed()
-    while rpos > #job.ready do
+    while rpos > job.nready do
       if job.err then raise_err() end
       if exhausted and outstanding == 0 then return nil end
       core.wait_event(-1)
@@ -523,7 +530,7 @@ function Pool:_imap(fname, f, seq, opts, ordered)
     local i = job.ready[rpos]
     job.ready[rpos] = nil
     rpos = rpos + 1
-    if rpos > #job.ready then job.ready, rpos = {}, 1 end
+    if rpos > job.nready then job.ready, job.nready, rpos = {}, 0, 1 end
     outstanding = outstanding - 1
     local v = job.results[i]
     job.results[i], job.filled[i] = nil, nil

@@ -52,6 +52,9 @@ do
       opts.reps = math.tointeger(tonumber(arg[i])) or opts.reps
     elseif a == "--list" then
       opts.list = true
+    elseif a == "--inner" then -- run one lmp workload once, in this fresh process
+      i = i + 1
+      opts.inner = arg[i]
     elseif a == "-h" or a == "--help" then
       print("usage: lmp scripts/bench/bench.lua [--quick] [--reps N] [--only row,row] [--list]")
       os.exit(0)
@@ -280,6 +283,21 @@ local ROWS = {
 -- Measuring ----------------------------------------------------------------------------------
 
 -- Runs bench_cpython.py <row>; returns the figure and the rest of its line.
+-- Each lmp repetition runs in a fresh lmp process, as each CPython one runs in a fresh python:
+-- no workload pays for the heap, garbage or children another left behind.
+local function run_lmp_inner(name)
+  local cmd = ("timeout %d %s %s --inner %s"):format(ROW_DEADLINE, shell_quote(LMP_EXE),
+    shell_quote(SCRIPT_DIR .. "/bench.lua"), shell_quote(name))
+  local out, ok = run(cmd)
+  local line
+  for l in out:gmatch("[^\n]+") do
+    if l:match("^" .. name:gsub("%p", "%%%0") .. "%s") then line = l end
+  end
+  if not ok or not line then error(("lmp %s failed:\n%s"):format(name, out), 0) end
+  local value, rest = line:match("^%S+%s+(%S+)%s*(.*)$")
+  return assert(tonumber(value), "bad lmp line: " .. line), rest
+end
+
 local function run_cpython(row)
   local cmd = ("timeout %d %s %s %s"):format(ROW_DEADLINE, shell_quote(PYTHON),
     shell_quote(SCRIPT_DIR .. "/bench_cpython.py"), shell_quote(row))
@@ -329,10 +347,7 @@ local function measure(row)
   local r = { lmp = nil, py = nil, refs = {}, errors = {} }
   for rep = 1, opts.reps do
     io.stderr:write(("  %s: repetition %d/%d\n"):format(row.name, rep, opts.reps))
-    -- A full collection first: no garbage (or pools) of earlier workloads is paid for here.
-    collectgarbage()
-    collectgarbage()
-    local ok, v, details = xpcall(row.lmp, function(e) return debug.traceback(errmsg(e), 2) end)
+    local ok, v, details = pcall(run_lmp_inner, row.name)
     if ok then
       if better_of(row, r.lmp, v) == v then r.lmp, r.lmp_details = v, details end
     else
@@ -463,6 +478,22 @@ local function machine_info()
 end
 
 -- Main ---------------------------------------------------------------------------------------
+
+if opts.inner then
+  for _, row in ipairs(ROWS) do
+    if row.name == opts.inner then
+      local ok, v, details = xpcall(row.lmp, function(e) return debug.traceback(errmsg(e), 2) end)
+      if not ok then
+        io.stderr:write(v, "\n")
+        os.exit(1)
+      end
+      print(("%s %.17g %s"):format(row.name, v, details or ""))
+      os.exit(0)
+    end
+  end
+  io.stderr:write("bench: unknown row " .. tostring(opts.inner) .. "\n")
+  os.exit(2)
+end
 
 if opts.list then
   for _, row in ipairs(ROWS) do print(("%-16s %s"):format(row.name, row.desc or "")) end
