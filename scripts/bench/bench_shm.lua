@@ -46,8 +46,8 @@ local function bench_lock(n)
 end
 
 -- Pipe: child sends n messages of size bytes with send_bytes; parent receives.
-local function bench_pipe(name, n, size)
-  local a, b = mp.Pipe(false)
+local function bench_pipe(name, n, size, duplex)
+  local a, b = mp.Pipe(duplex)
   local p = mp.Process(function(b, n, size)
     local s = string.rep("x", size)
     for _ = 1, n do b:send_bytes(s) end
@@ -65,5 +65,7 @@ end
 
 bench_queue(200000)
 bench_lock(1000000)
-bench_pipe("pipe_1MiB", 2000, 1 << 20)
-bench_pipe("pipe_16B", 500000, 16)
+bench_pipe("pipe_1MiB", 2000, 1 << 20, true)
+bench_pipe("pipe_16B", 500000, 16, true)
+bench_pipe("pipe_oneway_1MiB", 2000, 1 << 20, false)
+bench_pipe("pipe_oneway_16B", 500000, 16, false)

@@ -1,5 +1,6 @@
 # bench_shm.py — the workloads of bench_shm.lua on CPython's multiprocessing, same output rows
-# ("name<TAB>value<TAB>unit") so the two can be compared side by side.
+# ("name<TAB>value<TAB>unit") so the two can be compared side by side. CPython's Pipe() is a
+# socketpair, Pipe(False) an os.pipe; lmp uses a socketpair for both (descriptors can travel).
 import multiprocessing as mp
 import time
 
@@ -52,8 +53,8 @@ def sender(b, n, size):
         b.send_bytes(s)
 
 
-def bench_pipe(name, n, size):
-    a, b = mp.Pipe(False)
+def bench_pipe(name, n, size, duplex):
+    a, b = mp.Pipe(duplex)
     p = mp.Process(target=sender, args=(b, n, size))
     t0 = time.monotonic()
     p.start()
@@ -73,5 +74,7 @@ if __name__ == "__main__":
     mp.set_start_method("fork")
     bench_queue(200000)
     bench_lock(300000)
-    bench_pipe("pipe_1MiB", 2000, 1 << 20)
-    bench_pipe("pipe_16B", 500000, 16)
+    bench_pipe("pipe_1MiB", 2000, 1 << 20, True)
+    bench_pipe("pipe_16B", 500000, 16, True)
+    bench_pipe("pipe_oneway_1MiB", 2000, 1 << 20, False)
+    bench_pipe("pipe_oneway_16B", 500000, 16, False)
