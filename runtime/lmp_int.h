@@ -71,6 +71,12 @@ void lmp__open_process(lua_State *L);
 void lmp__open_worker(lua_State *L);
 void lmp__open_pool(lua_State *L);
 void lmp__open_result(lua_State *L);
+void lmp__open_shm(lua_State *L);
+
+/* ---- blocking waits ---- */
+/* Processes pending loop work without blocking, raises InterruptedError after Ctrl-C, and
+** returns the longest slice (seconds) a blocking call may sleep before calling it again. */
+double lmp_wait_tick(lua_State *L);
 
 /* Embedded Lua sources (generated): name, source, length; terminated by a NULL name. */
 typedef struct lmp_embedded {

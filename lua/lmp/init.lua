@@ -47,6 +47,7 @@ end
 -- Pool ---------------------------------------------------------------------------------------
 mp.Pool = pool.Pool
 mp.AsyncResult = pool.AsyncResult
+for k, v in pairs(require "lmp.shared") do mp[k] = v end
 
 -- The event loop, for hosts ------------------------------------------------------------------
 

@@ -1,0 +1,472 @@
+/*
+** pipe.c — Pipe(): two Connection objects over a unix socketpair, length-prefixed frames, fds
+** carried with SCM_RIGHTS; plus the fd-readiness helper behind mp.wait.
+** Frame: 8 bytes big-endian, the top byte the number of fds attached to the frame's first byte,
+** the low 56 bits the payload length; then the payload.
+** Caveat: a Connection travels only with its descriptor (Process args, pool tasks, another
+** Pipe); through a Queue it cannot (a socket cannot be reopened from /proc).
+*/
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "lmp_shm.h"
+
+#define FRAME_HDR 8
+#define READ_CHUNK (256u << 10)
+#define MAX_FDS 64
+
+typedef struct conn {
+  int fd;
+  int readable, writable;
+  lmp_buf in;      /* received bytes; frames start at pos */
+  size_t pos;
+  int fds[MAX_FDS]; /* received descriptors not yet handed out */
+  int nfds;
+} conn;
+
+static __thread lmp_buf enc_buf;
+static __thread lmp_fdvec enc_fds;
+
+static conn *check_conn(lua_State *L, int idx) {
+  conn *c = luaL_checkudata(L, idx, "lmp.Connection");
+  if (c->fd < 0) lmp_raise(L, "ValueError", "connection is closed");
+  return c;
+}
+
+static void conn_close(conn *c) {
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
+  c->nfds = 0;
+  lmp_buf_free(&c->in);
+  c->pos = 0;
+}
+
+static int l_gc(lua_State *L) {
+  conn_close(luaL_checkudata(L, 1, "lmp.Connection"));
+  return 0;
+}
+
+/* Pushes a Connection over fd (which it now owns). */
+static conn *push_conn(lua_State *L, int fd, int readable, int writable) {
+  conn *c = lua_newuserdatauv(L, sizeof *c, 0);
+  memset(c, 0, sizeof *c);
+  c->fd = fd;
+  c->readable = readable;
+  c->writable = writable;
+  luaL_setmetatable(L, "lmp.Connection");
+  return c;
+}
+
+/* Waits for events on fd for one slice; returns -1 when the deadline has passed. */
+static int wait_fd(lua_State *L, int fd, short events, lmp_deadline *d) {
+  double s = lmp_deadline_slice(L, d, 0.5);
+  if (s < 0) return -1;
+  struct pollfd p = {fd, events, 0};
+  poll(&p, 1, (int)(s * 1000) + (s > 0 && s < 0.001));
+  return 0;
+}
+
+/* ---- sending ---- */
+
+/* Like wait_fd once part of a frame is out: the loop's errors (InterruptedError) must not cut
+** the frame, so the first one is kept on the stack (*pending set) and raised after the frame. */
+static void wait_fd_midframe(lua_State *L, int fd, int *pending) {
+  double s = 0.05;
+  if (!*pending && lmp_safe_tick(L, &s) != 0) *pending = 1; /* the error stays on top */
+  struct pollfd p = {fd, POLLOUT, 0};
+  poll(&p, 1, (int)(s * 1000) + 1);
+}
+
+/* Sends header + payload (+ fds on the first byte), blocking in slices. */
+static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int *fds, int nfds) {
+  if (!c->writable) lmp_raise(L, "ValueError", "connection is read-only");
+  unsigned char h[FRAME_HDR];
+  uint64_t w = ((uint64_t)nfds << 56) | (uint64_t)n;
+  for (int i = 0; i < FRAME_HDR; i++) h[i] = (unsigned char)(w >> (8 * (FRAME_HDR - 1 - i)));
+  struct iovec iov[2] = {{h, FRAME_HDR}, {(void *)p, n}};
+  int niov = 2;
+  char small[FRAME_HDR + 4096];
+  if (nfds == 0 && n <= 4096) { /* one contiguous buffer: a plain send() */
+    memcpy(small, h, FRAME_HDR);
+    if (n > 0) memcpy(small + FRAME_HDR, p, n);
+    iov[0] = (struct iovec){small, FRAME_HDR + n};
+    niov = 1;
+  }
+  struct iovec *v = iov;
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+    struct cmsghdr align;
+  } u;
+  int fds_sent = nfds == 0, started = 0, pending = 0;
+  lmp_deadline d;
+  lmp_deadline_init(&d, -1);
+  while (niov > 0) {
+    struct msghdr m = {0};
+    m.msg_iov = v;
+    m.msg_iovlen = (size_t)niov;
+    if (!fds_sent) {
+      m.msg_control = u.buf;
+      m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+      struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+      memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+    }
+    ssize_t r = fds_sent && niov == 1
+                    ? send(c->fd, v->iov_base, v->iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                    : sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (started) wait_fd_midframe(L, c->fd, &pending);
+        else wait_fd(L, c->fd, POLLOUT, &d);
+        continue;
+      }
+      if (errno == EPIPE || errno == ECONNRESET)
+        lmp_raise(L, "EOFError", "the other end of the pipe is closed");
+      lmp_raise(L, "ValueError", "send failed: %s", strerror(errno));
+    }
+    fds_sent = started = 1;
+    size_t k = (size_t)r;
+    while (niov > 0 && k >= v->iov_len) {
+      k -= v->iov_len;
+      v++;
+      niov--;
+    }
+    if (niov > 0) {
+      v->iov_base = (char *)v->iov_base + k;
+      v->iov_len -= k;
+    }
+  }
+  if (pending) lua_error(L);
+}
+
+static int l_send_bytes(lua_State *L) {
+  conn *c = check_conn(L, 1);
+  size_t n;
+  const char *p = luaL_checklstring(L, 2, &n);
+  lua_Integer off = luaL_optinteger(L, 3, 0);
+  luaL_argcheck(L, off >= 0 && (size_t)off <= n, 3, "offset out of range");
+  lua_Integer size = luaL_optinteger(L, 4, (lua_Integer)(n - (size_t)off));
+  luaL_argcheck(L, size >= 0 && (size_t)(off + size) <= n, 4, "size out of range");
+  send_frame(L, c, p + off, (size_t)size, NULL, 0);
+  return 0;
+}
+
+static int l_send(lua_State *L) {
+  conn *c = check_conn(L, 1);
+  luaL_checkany(L, 2);
+  enc_buf.len = 0;
+  enc_fds.n = 0;
+  lmp_encode_buf(L, 2, &enc_buf, &enc_fds);
+  if (enc_fds.n > MAX_FDS) lmp_raise(L, "SerializationError", "too many descriptors in one message");
+  send_frame(L, c, enc_buf.p, enc_buf.len, enc_fds.fd, enc_fds.n);
+  if (enc_buf.cap > (4u << 20)) lmp_buf_free(&enc_buf);
+  return 0;
+}
+
+/* ---- receiving ---- */
+
+/* Moves descriptors out of a received message into c->fds (closing any beyond room). */
+static void take_fds(conn *c, struct msghdr *m) {
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    int *fd = (int *)CMSG_DATA(cm);
+    for (int i = 0; i < n; i++) {
+      if (c->nfds < MAX_FDS) c->fds[c->nfds++] = fd[i];
+      else close(fd[i]);
+    }
+  }
+}
+
+/* Reads at least one more byte into c->in (want: bytes wanted). 0 ok, -1 EOF, -2 timeout. */
+static int fill(lua_State *L, conn *c, size_t want, lmp_deadline *d) {
+  if (c->pos > 0 && c->pos == c->in.len) c->pos = c->in.len = 0;
+  if (c->pos > 0 && c->in.cap - c->in.len < want) {
+    memmove(c->in.p, c->in.p + c->pos, c->in.len - c->pos);
+    c->in.len -= c->pos;
+    c->pos = 0;
+  }
+  size_t room = want < READ_CHUNK ? READ_CHUNK : want;
+  if (lmp_buf_reserve(&c->in, room) != 0) luaL_error(L, "not enough memory");
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+    struct cmsghdr align;
+  } u;
+  int spins = 0;
+  for (;;) {
+    struct iovec iov = {c->in.p + c->in.len, c->in.cap - c->in.len};
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+    ssize_t r = recvmsg(c->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (r > 0) {
+      take_fds(c, &m);
+      c->in.len += (size_t)r;
+      return 0;
+    }
+    if (r == 0) return -1;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      if (errno == ECONNRESET) return -1;
+      lmp_raise(L, "ValueError", "recv failed: %s", strerror(errno));
+    }
+    /* the sender is usually mid-stream: retrying a little is cheaper than sleeping and being
+    ** woken (which also costs the sender a wake-up per message) */
+    if (spins++ < 64) continue;
+    if (wait_fd(L, c->fd, POLLIN, d) < 0) return -2;
+  }
+}
+
+/* Reads one frame; its payload is at *p (valid until the next read), fds in c->fds[0..*nfds).
+** Returns 0, -1 on EOF, -2 on timeout. */
+static int read_frame(lua_State *L, conn *c, const char **p, size_t *n, int *nfds,
+                      double timeout) {
+  if (!c->readable) lmp_raise(L, "ValueError", "connection is write-only");
+  lmp_deadline d;
+  lmp_deadline_init(&d, timeout);
+  while (c->in.len - c->pos < FRAME_HDR) {
+    int r = fill(L, c, FRAME_HDR, &d);
+    if (r < 0) return r;
+  }
+  const unsigned char *h = (const unsigned char *)c->in.p + c->pos;
+  uint64_t w = 0;
+  for (int i = 0; i < FRAME_HDR; i++) w = (w << 8) | h[i];
+  size_t len = (size_t)(w & (((uint64_t)1 << 56) - 1));
+  int k = (int)(w >> 56);
+  lmp_deadline_init(&d, -1); /* a frame that started is read to its end */
+  while (c->in.len - c->pos < FRAME_HDR + len) {
+    int r = fill(L, c, FRAME_HDR + len - (c->in.len - c->pos), &d);
+    if (r < 0) return r;
+  }
+  *p = c->in.p + c->pos + FRAME_HDR;
+  *n = len;
+  *nfds = k <= c->nfds ? k : c->nfds;
+  c->pos += FRAME_HDR + len;
+  return 0;
+}
+
+/* Drops the first k received fds (after a decoder took what it needed: it dups). */
+static void drop_fds(conn *c, int k) {
+  for (int i = 0; i < k; i++) close(c->fds[i]);
+  memmove(c->fds, c->fds + k, sizeof(int) * (size_t)(c->nfds - k));
+  c->nfds -= k;
+}
+
+static int frame_error(lua_State *L, int r) {
+  if (r == -1) return lmp_raise(L, "EOFError", "the other end of the pipe is closed");
+  return lmp_raise(L, "TimeoutError", "no message within the timeout");
+}
+
+static int l_recv_bytes(lua_State *L) {
+  conn *c = check_conn(L, 1);
+  lua_Integer maxlen = luaL_optinteger(L, 2, -1);
+  const char *p;
+  size_t n;
+  int k;
+  int r = read_frame(L, c, &p, &n, &k, -1);
+  if (r < 0) return frame_error(L, r);
+  drop_fds(c, k);
+  if (maxlen >= 0 && n > (size_t)maxlen)
+    return lmp_raise(L, "ValueError", "message of %I bytes exceeds maxlength %I",
+                     (lua_Integer)n, maxlen);
+  lua_pushlstring(L, p, n);
+  return 1;
+}
+
+/* Protected part of recv: decode(p, n, fds, k). */
+static int decode_frame(lua_State *L) {
+  lmp_decode(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2), lua_touserdata(L, 3),
+             (int)lua_tointeger(L, 4));
+  return 1;
+}
+
+static int l_recv(lua_State *L) {
+  conn *c = check_conn(L, 1);
+  const char *p;
+  size_t n;
+  int k;
+  int r = read_frame(L, c, &p, &n, &k, -1);
+  if (r < 0) return frame_error(L, r);
+  if (k == 0) {
+    lmp_decode(L, p, n, NULL, 0);
+    return 1;
+  }
+  /* the frame's descriptors are ours (decoders dup what they keep): close them afterwards,
+  ** also when decoding fails */
+  int fds[MAX_FDS];
+  memcpy(fds, c->fds, sizeof(int) * (size_t)k);
+  c->nfds -= k;
+  memmove(c->fds, c->fds + k, sizeof(int) * (size_t)c->nfds);
+  lua_pushcfunction(L, decode_frame);
+  lua_pushlightuserdata(L, (void *)p);
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_pushlightuserdata(L, fds);
+  lua_pushinteger(L, k);
+  int status = lua_pcall(L, 4, 1, 0);
+  for (int i = 0; i < k; i++) close(fds[i]);
+  if (status != LUA_OK) return lua_error(L);
+  return 1;
+}
+
+/* poll([timeout]): true when data (or EOF) can be read; no timeout = don't wait. */
+static int l_poll(lua_State *L) {
+  conn *c = check_conn(L, 1);
+  double t = luaL_optnumber(L, 2, 0);
+  if (c->in.len - c->pos >= FRAME_HDR) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lmp_deadline d;
+  lmp_deadline_init(&d, t < 0 ? 0 : t);
+  for (;;) {
+    struct pollfd p = {c->fd, POLLIN, 0};
+    if (poll(&p, 1, 0) > 0) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    if (wait_fd(L, c->fd, POLLIN, &d) < 0) break;
+  }
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  conn_close(luaL_checkudata(L, 1, "lmp.Connection"));
+  return 0;
+}
+
+static int l_fileno(lua_State *L) {
+  lua_pushinteger(L, check_conn(L, 1)->fd);
+  return 1;
+}
+
+static int l_closed(lua_State *L) {
+  lua_pushboolean(L, ((conn *)luaL_checkudata(L, 1, "lmp.Connection"))->fd < 0);
+  return 1;
+}
+
+/* _ready(): a recv would not block (data buffered, readable, or EOF). */
+static int l_ready(lua_State *L) {
+  conn *c = luaL_checkudata(L, 1, "lmp.Connection");
+  if (c->fd < 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  struct pollfd p = {c->fd, POLLIN, 0};
+  lua_pushboolean(L, c->in.len - c->pos >= FRAME_HDR || poll(&p, 1, 0) > 0);
+  return 1;
+}
+
+/* ---- handles: payload = flags byte; the fd goes with it ---- */
+
+/* Payload: flags byte, then the socket's inode (8 bytes, little-endian), so that a decoder
+** handed a raw fd number that means something else in its process notices. */
+static int l_encode(lua_State *L) {
+  conn *c = check_conn(L, 1);
+  struct stat st;
+  if (fstat(c->fd, &st) != 0) return luaL_error(L, "fstat: %s", strerror(errno));
+  char p[9];
+  p[0] = (char)(c->readable | c->writable << 1);
+  for (int i = 0; i < 8; i++) p[1 + i] = (char)((uint64_t)st.st_ino >> (8 * i));
+  lua_pushliteral(L, "lmp.Connection");
+  lua_pushlstring(L, p, sizeof p);
+  lua_pushinteger(L, c->fd);
+  return 3;
+}
+
+/* The fd passed in belongs to the codec's caller: we dup it. */
+static int l_decode(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  if (len != 9 || !lua_isinteger(L, 2))
+    return luaL_error(L, "a Pipe end can only be sent with its descriptor "
+                         "(Process args, another Pipe), not through a Queue");
+  int fd = (int)lua_tointeger(L, 2);
+  uint64_t ino = 0;
+  for (int i = 0; i < 8; i++) ino |= (uint64_t)(unsigned char)p[1 + i] << (8 * i);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || (uint64_t)st.st_ino != ino)
+    return luaL_error(L, "Pipe end handle: descriptor %d is not the pipe's socket here "
+                         "(the descriptor must travel with the message)", fd);
+  int mine = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (mine < 0) return luaL_error(L, "cannot duplicate descriptor: %s", strerror(errno));
+  push_conn(L, mine, p[0] & 1, (p[0] >> 1) & 1);
+  return 1;
+}
+
+static int l_Pipe(lua_State *L) {
+  int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return luaL_error(L, "socketpair: %s", strerror(errno));
+  int sz = 1 << 20;
+  for (int i = 0; i < 2; i++) {
+    setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
+  }
+  if (!duplex) {
+    shutdown(sv[0], SHUT_WR);
+    shutdown(sv[1], SHUT_RD);
+  }
+  /* created "closed first": if a push fails, the userdata's __gc closes its fd */
+  conn *a = push_conn(L, -1, 1, duplex);
+  conn *b = push_conn(L, -1, duplex, 1);
+  a->fd = sv[0];
+  b->fd = sv[1];
+  return 2;
+}
+
+/* core._wait_fds(fds, secs): waits up to secs (one loop slice at most) for any of the fds to
+** become readable; returns true if one is. */
+static int l_wait_fds(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  double secs = luaL_checknumber(L, 2);
+  lmp_deadline d;
+  lmp_deadline_init(&d, secs < 0 ? 0 : secs);
+  double s = lmp_deadline_slice(L, &d, secs < 0 ? 0 : secs);
+  int n = (int)luaL_len(L, 1);
+  struct pollfd stack[16], *p = n <= 16 ? stack : malloc(sizeof *p * (size_t)n);
+  if (p == NULL) return luaL_error(L, "not enough memory");
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, 1, i + 1);
+    p[i] = (struct pollfd){(int)lua_tointeger(L, -1), POLLIN, 0};
+    lua_pop(L, 1);
+  }
+  int r = poll(p, (nfds_t)n, s < 0 ? 0 : (int)(s * 1000));
+  if (p != stack) free(p);
+  lua_pushboolean(L, r > 0);
+  return 1;
+}
+
+void lmp__open_pipe(lua_State *L) {
+  int core = lua_gettop(L);
+  static const luaL_Reg methods[] = {
+      {"send", l_send},     {"recv", l_recv},       {"send_bytes", l_send_bytes},
+      {"recv_bytes", l_recv_bytes}, {"poll", l_poll}, {"close", l_close},
+      {"fileno", l_fileno}, {"_fileno", l_fileno}, {"closed", l_closed},
+      {"_ready", l_ready},  {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", l_gc}, {"__close", l_gc}, {"__lmp_encode", l_encode},
+                                  {NULL, NULL}};
+  lmp_shm_newclass(L, "lmp.Connection", methods, meta);
+  lua_pushcfunction(L, l_Pipe);
+  lua_setfield(L, core, "Pipe");
+  lua_pushcfunction(L, l_wait_fds);
+  lua_setfield(L, core, "_wait_fds");
+  lmp_shm_register(L, core, "lmp.Connection", l_decode);
+}
