@@ -134,6 +134,23 @@ local function calibrate(target)
   end
 end
 
+-- Messages per second from a child to the parent through a Pipe (send_bytes/recv_bytes).
+local function pipe_rate(n, size)
+  local a, b = mp.Pipe()
+  local p = mp.Process(function(b, n, size)
+    local s = string.rep("x", size)
+    for _ = 1, n do b:send_bytes(s) end
+  end, { b, n, size })
+  local t0 = now()
+  p:start()
+  b:close()
+  for _ = 1, n do a:recv_bytes() end
+  local dt = now() - t0
+  assert(p:join(TIMEOUT) == 0, "pipe: sender failed")
+  a:close()
+  return n / dt
+end
+
 -- Rows ---------------------------------------------------------------------------------------
 
 local ROWS = {
@@ -259,6 +276,65 @@ local ROWS = {
     checks = { { min = 1.8 } },
     target = "≥ 1.8× speed-up",
     speedup = true,
+  },
+  {
+    name = "queue", py = "queue", unit = "msgs/s", better = "higher",
+    desc = "Queue, one producer process -> parent, 200k small items",
+    lmp = function()
+      local n = 200000
+      local q = mp.Queue()
+      local p = mp.Process(function(q, n) for i = 1, n do q:put(i) end end, { q, n })
+      local t0 = now()
+      p:start()
+      for _ = 1, n do q:get(true, TIMEOUT) end
+      local dt = now() - t0
+      assert(p:join(TIMEOUT) == 0, "queue: producer failed")
+      return n / dt
+    end,
+    checks = { { vs = "cpython", min = 4 } },
+    target = "≥ 4× CPython",
+  },
+  {
+    name = "pipe_1mib", py = "pipe_1mib", unit = "GB/s", better = "higher",
+    desc = "Pipe, 2000 messages of 1 MiB, child -> parent (send_bytes/recv_bytes)",
+    lmp = function() return pipe_rate(2000, 1 << 20) * (1 << 20) / 1e9 end,
+    checks = { { vs = "cpython", min = 0.9 } },
+    target = "≥ 0.9× CPython",
+  },
+  {
+    name = "pipe_16b", py = "pipe_16b", unit = "msgs/s", better = "higher",
+    desc = "Pipe, 500k messages of 16 bytes, child -> parent",
+    lmp = function() return pipe_rate(500000, 16) end,
+    checks = { { vs = "cpython", min = 2 } },
+    target = "≥ 2× CPython",
+  },
+  {
+    name = "lock", py = "lock", unit = "ops/s", better = "higher",
+    desc = "Lock-protected shared counter, 2 processes",
+    lmp = function()
+      local n = 1000000
+      local lock = mp.Lock()
+      local v = mp.Value("q", 0, { lock = false })
+      local function work(lock, v, n)
+        for _ = 1, n do
+          lock:acquire()
+          v.value = v.value + 1
+          lock:release()
+        end
+      end
+      local ps = {}
+      local t0 = now()
+      for i = 1, 2 do
+        ps[i] = mp.Process(work, { lock, v, n })
+        ps[i]:start()
+      end
+      for i = 1, 2 do assert(ps[i]:join(TIMEOUT) == 0, "lock: worker failed") end
+      local dt = now() - t0
+      assert(v.value == 2 * n, "lock: lost increments")
+      return 2 * n / dt
+    end,
+    checks = { { vs = "cpython", min = 2 } },
+    target = "≥ 2× CPython",
   },
   {
     name = "mem", py = "mem", unit = "MiB", better = "lower",

@@ -134,7 +134,81 @@ def row_mem():
     return "%.3f MiB workers_kib=%s" % (max(sizes) / 1024, ",".join(map(str, sizes)))
 
 
+def producer(q, n):
+    for i in range(n):
+        q.put(i)
+
+
+def row_queue():
+    n = 200_000
+    q = mp.Queue()
+    p = mp.Process(target=producer, args=(q, n))
+    t0 = time.perf_counter()
+    p.start()
+    for _ in range(n):
+        q.get(timeout=60)
+    dt = time.perf_counter() - t0
+    p.join()
+    return "%.1f msgs/s" % (n / dt)
+
+
+def sender(b, n, size):
+    s = b"x" * size
+    for _ in range(n):
+        b.send_bytes(s)
+
+
+def pipe_rate(n, size):
+    a, b = mp.Pipe()
+    p = mp.Process(target=sender, args=(b, n, size))
+    t0 = time.perf_counter()
+    p.start()
+    b.close()
+    for _ in range(n):
+        a.recv_bytes()
+    dt = time.perf_counter() - t0
+    p.join()
+    a.close()
+    return dt
+
+
+def row_pipe_1mib():
+    n, size = 2000, 1 << 20
+    return "%.4f GB/s" % (n * size / pipe_rate(n, size) / 1e9)
+
+
+def row_pipe_16b():
+    n = 500_000
+    return "%.1f msgs/s" % (n / pipe_rate(n, 16))
+
+
+def counter(lock, v, n):
+    for _ in range(n):
+        lock.acquire()
+        v.value += 1
+        lock.release()
+
+
+def row_lock():
+    n = 300_000
+    lock = mp.Lock()
+    v = mp.Value("q", 0, lock=False)
+    ps = [mp.Process(target=counter, args=(lock, v, n)) for _ in range(2)]
+    t0 = time.perf_counter()
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    dt = time.perf_counter() - t0
+    assert v.value == 2 * n
+    return "%.1f ops/s" % (2 * n / dt)
+
+
 ROWS = {
+    "queue": row_queue,
+    "pipe_1mib": row_pipe_1mib,
+    "pipe_16b": row_pipe_16b,
+    "lock": row_lock,
     "map": row_map,
     "apply": row_apply,
     "apply_many": row_apply_many,
