@@ -1,8 +1,10 @@
 /*
 ** frame.h — the frames between a pool's parent and its workers on their socketpair.
 ** A frame is: u32 length of what follows (little-endian), u8 type, payload.
-**   TASK    u64 id, u8 kind, u32 fnid, u32 fnlen, fn message (fnlen bytes, 0 when the worker
-**           has fnid already), args message (the rest)
+**   TASK    u64 id, u8 kind, u32 fnid, u32 fnlen, u8 nfds, fn message (fnlen bytes, 0 when
+**           the worker has fnid already), args message (the rest); nfds descriptors for the
+**           args (lmp handles such as Pipe ends) travel with the frame's first byte
+**           (SCM_RIGHTS), and the args message refers to them by index
 **   QUIT    the worker leaves after what it has read
 **   FORGET  the worker drops its function cache
 **   RESULT  u64 id, u8 status, u32 index (the failing item of a chunk), message
@@ -46,7 +48,8 @@ typedef struct lmp_ring {
 #define RING_DATA (RING_BYTES - (int)sizeof(lmp_ring))
 
 #define FRAME_HEAD 5           /* u32 length + u8 type */
-#define TASK_HEAD (8 + 1 + 4 + 4)
+#define TASK_HEAD (8 + 1 + 4 + 4 + 1)
+#define TASK_MAXFDS 64 /* descriptors one task may carry */
 #define RESULT_HEAD (8 + 1 + 4)
 #define FRAME_MAX (1u << 31)   /* a frame longer than this is a protocol error */
 

@@ -387,9 +387,10 @@ static int l_run_once(lua_State *L) {
   if (timeout > 0) {
     unsigned long start = lp->events;
     lmp_loop_wait(L, events_since, &start, timeout);
-  } else {
-    lmp_loop_run_nowait(L);
   }
+  lp->polling = 1; /* the caller goes back to its own work: results must be announced */
+  lmp_loop_run_nowait(L);
+  lp->polling = 0;
   lua_pushboolean(L, 1);
   return 1;
 }

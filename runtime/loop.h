@@ -17,6 +17,7 @@ typedef struct lmp_loop {
   unsigned long events;    /* bumped by anything a waiter may be waiting for */
   int active;              /* producers of events (pools...): keeps ticks short */
   int running;             /* inside uv_run: blocking calls must not nest */
+  int polling;             /* the run is a host's non-blocking poll (mp.poll, lmp_poll) */
   int timed_out;
   int closed;
   int backend_fd;

@@ -52,6 +52,8 @@ typedef struct task {
   double timeout;  /* seconds, 0: none */
   double started;  /* monotonic time it became the running task of its worker */
   int retries;     /* retries left */
+  int nfds;        /* descriptors the args carry (dups owned by the task) */
+  int *fds;
   uint8_t kind;
   size_t arglen;
   char args[];     /* the codec message of the arguments */
@@ -75,6 +77,8 @@ typedef struct worker {
   size_t inpos;
   lmp_buf out;
   size_t outpos;
+  struct fdmark { size_t at; int nfds; const int *fds; } marks[8]; /* descriptors to attach */
+  int nmarks;          /* ... at these offsets of out (a frame's first byte), in order */
   tqueue inflight;     /* sent, in order; the head is running */
   uint8_t *known;      /* bit set of the fn ids this worker has loaded */
   size_t capknown;     /* bytes of known */
@@ -97,6 +101,7 @@ typedef struct pool {
   int nfn;             /* entries in the cache */
   int snaps;           /* registry ref: closure -> snapshot (weak keys), see fn_for */
   lmp_buf scratch;     /* encoding space, reused by every submit */
+  lmp_fdvec fdv;       /* descriptors found while encoding, reused likewise */
   char *init;          /* codec message for worker start (initializer...) */
   size_t initlen;
   long maxtasks;
@@ -162,6 +167,8 @@ static void fn_release(fnent *f) {
 
 static void task_free(task *t) {
   fn_release(t->fn);
+  for (int i = 0; i < t->nfds; i++) close(t->fds[i]);
+  free(t->fds);
   free(t);
 }
 
@@ -271,13 +278,51 @@ static void set_events(worker *w) {
 }
 
 /* Writes what the worker's out buffer holds, without blocking. */
+/* Sends out[from..to) with nfds descriptors attached to its first byte (SCM_RIGHTS). */
+static ssize_t send_with_fds(worker *w, size_t len, const int *fds, int nfds) {
+  struct iovec iov = {w->out.p + w->outpos, len};
+  struct msghdr msg = {0};
+  char cbuf[CMSG_SPACE(sizeof(int) * TASK_MAXFDS)];
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (nfds > 0) {
+    memset(cbuf, 0, sizeof cbuf);
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+  }
+  return sendmsg(w->fd, &msg, MSG_NOSIGNAL);
+}
+
+/* Writes what the worker's out buffer holds, without blocking; a frame that carries
+** descriptors goes out with them attached to its first byte. */
 static void flush(worker *w) {
   while (w->outpos < w->out.len) {
-    ssize_t n = send(w->fd, w->out.p + w->outpos, w->out.len - w->outpos, MSG_NOSIGNAL);
+    size_t len = w->out.len - w->outpos;
+    const int *fds = NULL;
+    int nfds = 0;
+    if (w->nmarks > 0) {
+      struct fdmark *m = &w->marks[0];
+      if (m->at == w->outpos) fds = m->fds, nfds = m->nfds;
+      else if (m->at - w->outpos < len) len = m->at - w->outpos; /* stop before it */
+      if (nfds > 0 && w->nmarks > 1 && w->marks[1].at - w->outpos < len)
+        len = w->marks[1].at - w->outpos;
+    }
+    ssize_t n = send_with_fds(w, len, fds, nfds);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) w->outpos = w->out.len; /* dead: drop */
+      if (errno != EAGAIN && errno != EWOULDBLOCK) { /* dead: drop */
+        w->outpos = w->out.len;
+        w->nmarks = 0;
+      }
       break;
+    }
+    if (nfds > 0) { /* the descriptors went with the first byte */
+      memmove(w->marks, w->marks + 1, sizeof w->marks[0] * (size_t)--w->nmarks);
     }
     w->outpos += (size_t)n;
   }
@@ -303,14 +348,19 @@ static int put_frame(worker *w, int type, const void *a, size_t na, const void *
 /* Sends t to w (queued in its out buffer). */
 static int send_task(worker *w, task *t) {
   int sendfn = !worker_knows(w, t->fn->id);
+  if (t->nfds > 0 && w->nmarks == (int)(sizeof w->marks / sizeof w->marks[0]))
+    return -1; /* too many descriptor frames pending on this worker: later */
   char head[TASK_HEAD];
   put_u64(head, t->id);
   head[8] = (char)t->kind;
   put_u32(head + 9, t->fn->id);
   put_u32(head + 13, sendfn ? (uint32_t)t->fn->len : 0);
+  head[17] = (char)t->nfds;
+  size_t at = w->out.len;
   if (put_frame(w, F_TASK, head, sizeof head, sendfn ? t->fn->msg : NULL,
                 sendfn ? t->fn->len : 0, t->args, t->arglen) != 0)
     return -1;
+  if (t->nfds > 0) w->marks[w->nmarks++] = (struct fdmark){at, t->nfds, t->fds};
   if (sendfn) worker_learns(w, t->fn->id);
   return 0;
 }
@@ -341,6 +391,7 @@ static void worker_closed(uv_handle_t *h) {
 /* Takes w out of its slot and closes it; its tasks must have been dealt with. */
 static void worker_retire(pool *p, worker *w) {
   if (p->w[w->slot] == w) p->w[w->slot] = NULL;
+  w->nmarks = 0;
   lmp_fd_disown(w->fd);
   uv_poll_stop(&w->poll);
   close(w->fd);
@@ -445,9 +496,19 @@ static void on_result(pool *p, worker *w, const char *f, size_t len) {
   uint64_t id = get_u64(f);
   int status = (unsigned char)f[8];
   uint32_t index = get_u32(f + 9);
-  task *t = w->inflight.head;
-  if (t == NULL || t->id != id) return; /* not what this worker was running: ignore */
-  q_pop(&w->inflight);
+  /* Usually the first in line; but a batch that did not fit the ring came through the socket
+  ** and may be read before results still in the ring: find it wherever it stands. */
+  task *t = w->inflight.head, *prev = NULL;
+  while (t != NULL && t->id != id) prev = t, t = t->next;
+  if (t == NULL) return; /* not this worker's: ignore */
+  if (prev == NULL) {
+    q_pop(&w->inflight);
+  } else {
+    prev->next = t->next;
+    if (w->inflight.tail == t) w->inflight.tail = prev;
+    w->inflight.n--;
+    t->next = NULL;
+  }
   task_done(p, w, t);
   delivery d = {.id = id,
                 .status = status == RES_OK ? "ok" : status == RES_ERROR ? "error" : "unencodable",
@@ -774,12 +835,19 @@ static void on_prepare(uv_prepare_t *h) {
   }
 }
 
-/* After the loop woke up: the parent is busy, workers need not announce results. */
+/* After the loop woke up: the parent is busy, workers need not announce results — unless
+** this was a host's mp.poll()/lmp_poll(): then the parent may be away (sleeping on the
+** backend fd of lmp_backend_fd) until something is announced, so workers keep announcing,
+** and what came in before the flag was up is read now (the same Dekker pair as prepare). */
 static void on_check(uv_check_t *h) {
   pool *p = h->data;
+  int away = p->lp->polling;
   for (int i = 0; i < p->n; i++) {
     worker *w = p->w[i];
-    if (w && w->ring) __atomic_store_n(&w->ring->parent_waiting, 0, __ATOMIC_RELAXED);
+    if (!w || !w->ring) continue;
+    __atomic_store_n(&w->ring->parent_waiting, away, __ATOMIC_SEQ_CST);
+    if (away && __atomic_load_n(&w->ring->head, __ATOMIC_SEQ_CST) != w->ring->tail)
+      drain_ring(p, w);
   }
 }
 
@@ -824,6 +892,7 @@ static void pool_maybe_free(pool *p) {
   while ((t = q_pop(&p->queue)) != NULL) task_free(t);
   fncache_reset(p);
   lmp_buf_free(&p->scratch);
+  lmp_fdvec_free(&p->fdv);
   lmp_buf_free(&p->ringcopy);
   free(p->w);
   free(p->init);
@@ -1083,7 +1152,7 @@ static fnent *fn_for(lua_State *L, pool *p, int idx) {
   }
   lmp_buf *box = &p->scratch; /* an encoding error leaves it partial: reset here */
   box->len = 0;
-  lmp_encode_buf(L, idx, box, NULL);
+  lmp__encode_named(L, idx, box, NULL, "f");
   uint64_t h = fnv1a(box->p, box->len);
   size_t slot = (size_t)h & (FNHASH - 1);
   while ((f = p->fnhash[slot]) != NULL) {
@@ -1116,24 +1185,27 @@ static fnent *fn_for(lua_State *L, pool *p, int idx) {
 static int pencode_args(lua_State *L) {
   lmp_buf *box = lua_touserdata(L, 2);
   if (lua_isnoneornil(L, 4))
-    lmp__encode_named(L, 1, box, NULL, lua_tostring(L, 3));
+    lmp__encode_named(L, 1, box, lua_touserdata(L, 6), lua_tostring(L, 3));
   else
     lmp__encode_range(L, 1, lua_tointeger(L, 4), lua_tointeger(L, 5), box, lua_tostring(L, 3));
   return 0;
 }
 
 static void encode_args(lua_State *L, int idx, lmp_buf *box, const char *root, fnent *f,
-                        lua_Integer first, lua_Integer count) {
+                        lua_Integer first, lua_Integer count, lmp_fdvec *fds) {
   lua_pushcfunction(L, pencode_args);
   lua_pushvalue(L, idx);
   lua_pushlightuserdata(L, box);
   lua_pushstring(L, root);
-  int nargs = 3;
+  int nargs = 6;
   if (count >= 0) {
     lua_pushinteger(L, first);
     lua_pushinteger(L, count);
-    nargs = 5;
+  } else {
+    lua_pushnil(L);
+    lua_pushnil(L);
   }
+  lua_pushlightuserdata(L, fds);
   if (lua_pcall(L, nargs, 0, 0) != LUA_OK) {
     fn_release(f);
     lua_error(L);
@@ -1160,15 +1232,34 @@ static uint64_t submit_task(lua_State *L, pool *p, int kind, int fnidx, int argi
   }
   lmp_buf *box = &p->scratch; /* the function is done with it */
   box->len = 0;
-  encode_args(L, argidx, box, kind == K_APPLY ? "args" : "seq", f, first, count);
+  p->fdv.n = 0; /* descriptors of lmp handles in the args (Pipe ends...) */
+  const char *root = kind == K_APPLY ? "args" : count >= 0 ? "seq" : "chunk";
+  encode_args(L, argidx, box, root, f, first, count, &p->fdv);
+  if (p->fdv.n > TASK_MAXFDS) {
+    fn_release(f);
+    lmp_raise(L, "SerializationError", "args: more than %d descriptors in one task", TASK_MAXFDS);
+  }
   task *t = malloc(sizeof *t + box->len);
-  if (t == NULL) {
+  int *fds = p->fdv.n ? malloc(sizeof(int) * (size_t)p->fdv.n) : NULL;
+  if (t == NULL || (p->fdv.n && fds == NULL)) {
+    free(t);
+    free(fds);
     fn_release(f);
     luaL_error(L, "not enough memory");
   }
   memset(t, 0, sizeof *t);
-  uint64_t id = t->id = ++p->next_id;
   t->fn = f;
+  for (int i = 0; i < p->fdv.n; i++) { /* the task's own copies: the caller may close its */
+    fds[i] = fcntl(p->fdv.fd[i], F_DUPFD_CLOEXEC, 0);
+    if (fds[i] >= 0) t->nfds++;
+    else break;
+  }
+  t->fds = fds;
+  if (t->nfds != p->fdv.n) {
+    task_free(t);
+    lmp_raise(L, "SerializationError", "args: cannot duplicate a descriptor: %s", strerror(errno));
+  }
+  uint64_t id = t->id = ++p->next_id;
   t->kind = (uint8_t)kind;
   t->timeout = timeout > 0 ? timeout : 0;
   t->retries = retries > 0 ? retries : 0;

@@ -28,6 +28,10 @@ typedef struct wstate {
   lua_Integer range; /* >= 0: the value being sent is a chunk's results, of this length */
   lmp_ring *ring;  /* results go here when they fit (frame.h) */
   double last_task; /* how long the last task ran (s) */
+  int fdq[TASK_MAXFDS * 4]; /* descriptors received, not yet taken by a task frame */
+  int nfdq;
+  int taskfds[TASK_MAXFDS]; /* the running task's descriptors until its args are decoded */
+  int ntaskfds;
   long maxtasks;   /* leave after this many (0: never) */
 } wstate;
 
@@ -76,6 +80,29 @@ static int commit(wstate *w) {
   return flush_out(w);
 }
 
+/* recv into the input buffer, collecting descriptors that came along (SCM_RIGHTS) in order. */
+static ssize_t recv_some(wstate *w, int flags) {
+  struct iovec iov = {w->in.p + w->in.len, w->in.cap - w->in.len};
+  char cbuf[CMSG_SPACE(sizeof(int) * TASK_MAXFDS)];
+  struct msghdr msg = {0};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  ssize_t n = recvmsg(w->fd, &msg, flags | MSG_CMSG_CLOEXEC);
+  if (n < 0) return n;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    const int *fds = (const int *)CMSG_DATA(c);
+    for (int i = 0; i < k; i++) {
+      if (w->nfdq < (int)(sizeof w->fdq / sizeof w->fdq[0])) w->fdq[w->nfdq++] = fds[i];
+      else close(fds[i]);
+    }
+  }
+  return n;
+}
+
 /* Reads more input (blocking); returns bytes read, 0 at EOF, -1 on error. */
 static ssize_t fill_in(wstate *w) {
   if (w->pos > 0) { /* keep only the partial frame, at the start */
@@ -89,11 +116,11 @@ static ssize_t fill_in(wstate *w) {
   ** apply():get() in a loop): look for it a moment before going to sleep. */
   if (w->last_task < 50e-6) {
     double until = lmp_monotonic() + 30e-6;
-    do n = recv(w->fd, w->in.p + w->in.len, w->in.cap - w->in.len, MSG_DONTWAIT);
+    do n = recv_some(w, MSG_DONTWAIT);
     while (n < 0 && (errno == EAGAIN || errno == EINTR) && lmp_monotonic() < until);
   }
   if (n < 0)
-    do n = read(w->fd, w->in.p + w->in.len, w->in.cap - w->in.len);
+    do n = recv_some(w, 0);
     while (n < 0 && errno == EINTR);
   if (n > 0) w->in.len += (size_t)n;
   return n;
@@ -277,6 +304,11 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
   return RES_OK;
 }
 
+static void close_taskfds(wstate *w) {
+  for (int i = 0; i < w->ntaskfds; i++) close(w->taskfds[i]);
+  w->ntaskfds = 0;
+}
+
 /* Handles the TASK frame at p (len bytes after the type byte). */
 static void do_task(lua_State *L, wstate *w, const char *p, size_t len) {
   if (len < TASK_HEAD) {
@@ -292,6 +324,15 @@ static void do_task(lua_State *L, wstate *w, const char *p, size_t len) {
     _exit(71);
   }
   size_t arglen = len - TASK_HEAD - fnlen;
+  int nfds = (unsigned char)p[17];
+  if (nfds > TASK_MAXFDS || nfds > w->nfdq) {
+    fputs("lmp worker: a task's descriptors are missing\n", stderr);
+    _exit(71);
+  }
+  memcpy(w->taskfds, w->fdq, sizeof(int) * (size_t)nfds); /* the frame's, first in line */
+  w->nfdq -= nfds;
+  memmove(w->fdq, w->fdq + nfds, sizeof(int) * (size_t)w->nfdq);
+  w->ntaskfds = nfds;
   lua_settop(L, 0);
   lua_pushcfunction(L, task_msgh);
   lua_getfield(L, LUA_REGISTRYINDEX, FCACHE);
@@ -303,7 +344,8 @@ static void do_task(lua_State *L, wstate *w, const char *p, size_t len) {
     lua_rawgeti(L, -1, fnid);
   }
   lua_remove(L, -2); /* the cache */
-  lmp_decode(L, argmsg, arglen, NULL, 0);
+  lmp_decode(L, argmsg, arglen, w->taskfds, nfds); /* decoders dup what they keep */
+  close_taskfds(w);
   uint32_t index = 0;
   double t0 = lmp_monotonic();
   int status = run_task(L, kind, &index); /* the result (or error info) on top */
@@ -373,7 +415,9 @@ static int l_serve(lua_State *L) {
         lua_pushlightuserdata(L, &w);
         lua_pushlightuserdata(L, (void *)p);
         lua_pushinteger(L, (lua_Integer)plen);
-        if (lua_pcall(L, 3, 0, 0) != LUA_OK) { /* the task could not even start */
+        int st = lua_pcall(L, 3, 0, 0);
+        close_taskfds(&w); /* when decoding failed half-way */
+        if (st != LUA_OK) { /* the task could not even start */
           lua_createtable(L, 0, 2);
           lua_insert(L, -2);
           lua_setfield(L, -2, "value");

@@ -349,6 +349,25 @@ describe("mp.Pool", function()
     end)
   end)
 
+  describe("transport", function()
+    it("delivers every result when batches overflow the results ring", function()
+      local pool <close> = mp.Pool(1)
+      local big = string.rep("a", 20000)
+      local rs = {}
+      for i = 1, 40 do
+        rs[i] = pool:apply_async(function(s, i) return string.rep("x", 100000) .. i, #s end, { big, i })
+      end
+      local t = mp.monotonic()
+      while mp.monotonic() - t < 0.3 do end -- busy: results pile up in the ring, then the socket
+      for i = 1, 40 do
+        local s, n = rs[i]:get(10)
+        assert.are.equal(100000 + #tostring(i), #s)
+        assert.are.equal(tostring(i), s:sub(100001))
+        assert.are.equal(20000, n)
+      end
+    end)
+  end)
+
   describe("lifecycle", function()
     it("1000 pools, closed, terminated or dropped, leave no process, fd or memory behind", function()
       collectgarbage(); collectgarbage()

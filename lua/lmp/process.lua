@@ -115,7 +115,7 @@ function Process:start()
   if not ok then -- name the path from the user's point of view: args[2].conf.cb
     if errors.iserror(payload, "SerializationError") then
       payload.message = tostring(payload.message):gsub("^process%.", "", 1)
-      payload.message = payload.message:gsub("^fn%.", "target.", 1)
+      payload.message = payload.message:gsub("^fn%.", self._target and "target." or "run.", 1)
     end
     error(payload, 2)
   end
