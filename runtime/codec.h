@@ -62,7 +62,7 @@ void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, cons
 ** n = count, as if that slice had been copied into a table: no copy is made. Error paths
 ** name elements root[i] with their index in t. */
 void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
-                       lmp_buf *out, const char *root);
+                       lmp_buf *out, lmp_fdvec *fds, const char *root);
 
 /* Decodes a message holding an array table (what lmp__encode_range makes) straight into
 ** t[offset..offset+narr-1] (t at stack index t), without making the table; returns narr.

@@ -807,11 +807,11 @@ void lmp__encode_named(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds, cons
 }
 
 void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
-                       lmp_buf *out, const char *root) {
+                       lmp_buf *out, lmp_fdvec *fds, const char *root) {
   enc e;
   idx = lua_absindex(L, idx);
   int top = lua_gettop(L);
-  enc_init(&e, L, out, NULL, root);
+  enc_init(&e, L, out, fds, root);
   e.few[e.nfew++] = NULL; /* ref id 0: the array table of the message, never referenced */
   e.nref++;
   if (!put_number_array(&e, idx, first, count)) {

@@ -1187,7 +1187,8 @@ static int pencode_args(lua_State *L) {
   if (lua_isnoneornil(L, 4))
     lmp__encode_named(L, 1, box, lua_touserdata(L, 6), lua_tostring(L, 3));
   else
-    lmp__encode_range(L, 1, lua_tointeger(L, 4), lua_tointeger(L, 5), box, lua_tostring(L, 3));
+    lmp__encode_range(L, 1, lua_tointeger(L, 4), lua_tointeger(L, 5), box, lua_touserdata(L, 6),
+                      lua_tostring(L, 3));
   return 0;
 }
 

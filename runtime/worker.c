@@ -177,7 +177,7 @@ static void result_end(wstate *w, size_t at) {
 static int encode_top(lua_State *L) {
   wstate *w = lua_touserdata(L, 2);
   if (w->range >= 0) /* a chunk's results: an array of known length, no table walk */
-    lmp__encode_range(L, 1, 1, w->range, &w->out, "result");
+    lmp__encode_range(L, 1, 1, w->range, &w->out, NULL, "result");
   else
     lmp_encode_buf(L, 1, &w->out, NULL);
   return 0;

@@ -65,5 +65,15 @@ describe("shared objects in pool tasks", function()
       assert.are_not.equal(mp.getpid(), msg.pid)
       ends[i]:close()
     end
+    -- and as the items of a map
+    local mine, theirs = {}, {}
+    for i = 1, 6 do mine[i], theirs[i] = mp.Pipe() end
+    local r = pool:map(function(c) c:send("hi"); c:close(); return true end, theirs, 2)
+    assert.are.equal(6, r.n)
+    for i = 1, 6 do
+      theirs[i]:close()
+      assert.are.equal("hi", mine[i]:recv())
+      mine[i]:close()
+    end
   end)
 end)
