@@ -32,18 +32,11 @@
 #include "lmp_int.h"
 #include "loop.h"
 #include "result.h"
+#include "fncache.h"
 
 #define POOL_MT "lmp.PoolCore"
-#define FNCACHE_MAX 512 /* distinct task functions remembered before the cache is reset */
-#define FNHASH 1024     /* slots of the function cache (twice FNCACHE_MAX) */
 
-typedef struct fnent {
-  uint64_t hash;
-  uint32_t id;
-  int refs;        /* tasks using it, +1 while it is in the cache */
-  size_t len;
-  char msg[];      /* the codec message of the closure */
-} fnent;
+typedef lmp_fnent fnent;
 
 typedef struct task {
   struct task *next;
@@ -94,12 +87,9 @@ typedef struct pool {
   int n;
   tqueue queue;        /* waiting for a worker */
   uint64_t next_id;
-  uint32_t next_fnid;
   int handler;         /* registry ref: the Lua handler */
   int pending;         /* registry ref: task id -> its AsyncResult or chunk record */
-  fnent *fnhash[FNHASH]; /* cached functions by the hash of their message (open addressing) */
-  int nfn;             /* entries in the cache */
-  int snaps;           /* registry ref: closure -> snapshot (weak keys), see fn_for */
+  lmp_fncache fns;     /* the task functions sent so far (fncache.c) */
   lmp_buf scratch;     /* encoding space, reused by every submit */
   lmp_fdvec fdv;       /* descriptors found while encoding, reused likewise */
   char *init;          /* codec message for worker start (initializer...) */
@@ -131,7 +121,6 @@ static void dispatch(pool *p);
 static void pool_maybe_free(pool *p);
 static void on_poll(uv_poll_t *h, int status, int events);
 static void on_timer(uv_timer_t *h);
-static int new_weak_table(lua_State *L);
 
 /* ---- tasks and queues ---- */
 
@@ -161,12 +150,8 @@ static task *q_pop(tqueue *q) {
   return t;
 }
 
-static void fn_release(fnent *f) {
-  if (f && --f->refs == 0) free(f);
-}
-
 static void task_free(task *t) {
-  fn_release(t->fn);
+  lmp_fnent_release(t->fn);
   for (int i = 0; i < t->nfds; i++) close(t->fds[i]);
   free(t->fds);
   free(t);
@@ -878,19 +863,11 @@ static void handle_closed(uv_handle_t *h) {
   pool_maybe_free(p);
 }
 
-static void fncache_reset(pool *p) {
-  for (int i = 0; i < FNHASH; i++) {
-    fn_release(p->fnhash[i]);
-    p->fnhash[i] = NULL;
-  }
-  p->nfn = 0;
-}
-
 static void pool_maybe_free(pool *p) {
   if (!p->dead || p->closes > 0) return;
   task *t;
   while ((t = q_pop(&p->queue)) != NULL) task_free(t);
-  fncache_reset(p);
+  lmp_fncache_free(&p->fns);
   lmp_buf_free(&p->scratch);
   lmp_fdvec_free(&p->fdv);
   lmp_buf_free(&p->ringcopy);
@@ -951,7 +928,7 @@ static int pool_gc(lua_State *L) {
   }
   luaL_unref(L, LUA_REGISTRYINDEX, p->handler);
   luaL_unref(L, LUA_REGISTRYINDEX, p->pending);
-  luaL_unref(L, LUA_REGISTRYINDEX, p->snaps);
+  lmp_fncache_unref(L, &p->fns);
   p->closes += 4;
   uv_close((uv_handle_t *)&p->timer, handle_closed);
   uv_close((uv_handle_t *)&p->prepare, handle_closed);
@@ -994,7 +971,7 @@ static int l_pool_new(lua_State *L) {
   p->handler = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 5);
   p->pending = luaL_ref(L, LUA_REGISTRYINDEX);
-  p->snaps = new_weak_table(L);
+  lmp_fncache_init(L, &p->fns);
   uv_timer_init(&p->lp->uv, &p->timer);
   p->timer.data = p;
   uv_prepare_init(&p->lp->uv, &p->prepare);
@@ -1020,162 +997,17 @@ static int l_pool_new(lua_State *L) {
   return 1;
 }
 
-/* FNV-1a over a function's message: the cache key. */
-static uint64_t fnv1a(const char *s, size_t n) {
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-  return h;
-}
-
-/* A fresh weak-keyed table (for the closure snapshots). */
-static int new_weak_table(lua_State *L) {
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  return luaL_ref(L, LUA_REGISTRYINDEX);
-}
-
-/* Forgets every cached function, here and in the workers. */
-static void fncache_clear(lua_State *L, pool *p) {
-  fncache_reset(p);
-  luaL_unref(L, LUA_REGISTRYINDEX, p->snaps); /* snapshots point into the cache */
-  p->snaps = new_weak_table(L);
-  for (int i = 0; i < p->n; i++) {
+/* The entry of the task function at idx (a reference is taken). When the cache had to be
+** emptied to make room, the workers forget theirs too. */
+static fnent *fn_for(lua_State *L, pool *p, int idx) {
+  int forgot = 0;
+  fnent *f = lmp_fncache_get(L, &p->fns, idx, &forgot);
+  for (int i = 0; forgot && i < p->n; i++) {
     worker *w = p->w[i];
     if (!worker_alive(w)) continue;
     put_frame(w, F_FORGET, NULL, 0, NULL, 0, NULL, 0);
     if (w->known) memset(w->known, 0, w->capknown);
   }
-}
-
-/* A snapshot lets a closure skip encoding when it is submitted again unchanged:
-**   {fnent, nup, upvalue 1..nup, name1, value1, name2, value2...}
-** It is made only when every upvalue and captured global is a value whose identity says it
-** all: nil, a boolean, number or string, the globals table as _ENV, or a module (sent by
-** reference). A table or a function sent by value may have changed inside, so a closure
-** holding one is encoded at every submit. */
-static int snap_value_ok(lua_State *L, int v, int rev) {
-  int t = lua_type(L, v);
-  if (t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING) return 1;
-  lua_pushvalue(L, v);
-  int is_module = lua_rawget(L, rev) != LUA_TNIL;
-  lua_pop(L, 1);
-  return is_module;
-}
-
-/* Makes the snapshot of the closure at idx, encoded as f, if it qualifies. */
-static void snap_make(lua_State *L, pool *p, int idx, fnent *f) {
-  int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  int G = lua_gettop(L);
-  lmp__codec_revmap(L);
-  int rev = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, -2) != LUA_TTABLE) goto out; /* the codec's {bytecode, names...} */
-  int entry = lua_gettop(L);
-  lua_newtable(L);
-  int snap = lua_gettop(L);
-  lua_pushlightuserdata(L, f);
-  lua_rawseti(L, snap, 1);
-  int nup = 0, k = 3;
-  const char *name;
-  while ((name = lua_getupvalue(L, idx, nup + 1)) != NULL) {
-    nup++;
-    int ok = (strcmp(name, "_ENV") == 0) ? lua_rawequal(L, -1, G) : snap_value_ok(L, lua_gettop(L), rev);
-    if (!ok) goto out;
-    lua_rawseti(L, snap, k++);
-  }
-  lua_pushinteger(L, nup);
-  lua_rawseti(L, snap, 2);
-  for (lua_Integer i = 2; lua_rawgeti(L, entry, i) == LUA_TSTRING; i++) {
-    lua_pushvalue(L, -1);
-    lua_rawget(L, G);
-    if (!snap_value_ok(L, lua_gettop(L), rev)) goto out;
-    lua_rawseti(L, snap, k + 1);
-    lua_rawseti(L, snap, k);
-    k += 2;
-  }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->snaps);
-  lua_pushvalue(L, idx);
-  lua_pushvalue(L, snap);
-  lua_rawset(L, -3);
-out:
-  lua_settop(L, top);
-}
-
-/* The entry of the closure at idx if its snapshot still holds, else NULL. */
-static fnent *snap_check(lua_State *L, pool *p, int idx) {
-  int top = lua_gettop(L);
-  fnent *f = NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->snaps);
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, -2) != LUA_TTABLE) goto out;
-  int snap = lua_gettop(L);
-  lua_rawgeti(L, snap, 2);
-  int nup = (int)lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  for (int i = 1; i <= nup; i++) {
-    if (lua_getupvalue(L, idx, i) == NULL) goto out;
-    lua_rawgeti(L, snap, 2 + i);
-    int same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!same) goto out;
-  }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  int G = lua_gettop(L);
-  for (int k = 3 + nup; lua_rawgeti(L, snap, k) == LUA_TSTRING; k += 2) {
-    lua_rawget(L, G);
-    lua_rawgeti(L, snap, k + 1);
-    int same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!same) goto out;
-  }
-  lua_rawgeti(L, snap, 1);
-  f = lua_touserdata(L, -1);
-out:
-  lua_settop(L, top);
-  return f;
-}
-
-/* The function entry for the closure at idx. Unless its snapshot says nothing changed, the
-** closure is encoded and looked up by content: the same code with the same upvalues and
-** captured globals is the same entry (even as a new closure object), a changed upvalue makes
-** a new one. */
-static fnent *fn_for(lua_State *L, pool *p, int idx) {
-  fnent *f = snap_check(L, p, idx);
-  if (f != NULL) {
-    f->refs++;
-    return f;
-  }
-  lmp_buf *box = &p->scratch; /* an encoding error leaves it partial: reset here */
-  box->len = 0;
-  lmp__encode_named(L, idx, box, NULL, "f");
-  uint64_t h = fnv1a(box->p, box->len);
-  size_t slot = (size_t)h & (FNHASH - 1);
-  while ((f = p->fnhash[slot]) != NULL) {
-    if (f->hash == h && f->len == box->len && memcmp(f->msg, box->p, box->len) == 0) break;
-    slot = (slot + 1) & (FNHASH - 1);
-  }
-  if (f == NULL) {
-    if (p->nfn >= FNCACHE_MAX) {
-      fncache_clear(L, p);
-      slot = (size_t)h & (FNHASH - 1);
-    }
-    f = malloc(sizeof *f + box->len);
-    if (f == NULL) luaL_error(L, "not enough memory");
-    f->hash = h;
-    f->id = ++p->next_fnid;
-    f->refs = 1; /* the cache's */
-    f->len = box->len;
-    memcpy(f->msg, box->p, box->len);
-    p->fnhash[slot] = f;
-    p->nfn++;
-  }
-  if (lua_type(L, idx) == LUA_TFUNCTION && !lua_iscfunction(L, idx)) snap_make(L, p, idx, f);
-  f->refs++;
   return f;
 }
 
@@ -1208,7 +1040,7 @@ static void encode_args(lua_State *L, int idx, lmp_buf *box, const char *root, f
   }
   lua_pushlightuserdata(L, fds);
   if (lua_pcall(L, nargs, 0, 0) != LUA_OK) {
-    fn_release(f);
+    lmp_fnent_release(f);
     lua_error(L);
   }
 }
@@ -1237,7 +1069,7 @@ static uint64_t submit_task(lua_State *L, pool *p, int kind, int fnidx, int argi
   const char *root = kind == K_APPLY ? "args" : count >= 0 ? "seq" : "chunk";
   encode_args(L, argidx, box, root, f, first, count, &p->fdv);
   if (p->fdv.n > TASK_MAXFDS) {
-    fn_release(f);
+    lmp_fnent_release(f);
     lmp_raise(L, "SerializationError", "args: more than %d descriptors in one task", TASK_MAXFDS);
   }
   task *t = malloc(sizeof *t + box->len);
@@ -1245,7 +1077,7 @@ static uint64_t submit_task(lua_State *L, pool *p, int kind, int fnidx, int argi
   if (t == NULL || (p->fdv.n && fds == NULL)) {
     free(t);
     free(fds);
-    fn_release(f);
+    lmp_fnent_release(f);
     luaL_error(L, "not enough memory");
   }
   memset(t, 0, sizeof *t);
@@ -1340,7 +1172,7 @@ static int l_fn(lua_State *L) {
 
 static int fnref_gc(lua_State *L) {
   fnent **ref = luaL_checkudata(L, 1, "lmp.FnRef");
-  fn_release(*ref);
+  lmp_fnent_release(*ref);
   *ref = NULL;
   return 0;
 }
