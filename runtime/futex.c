@@ -160,3 +160,10 @@ int lmp_mutex_unlock(lmp_mutex *m) {
   return 0;
 }
 
+double lmp_opt_timeout(lua_State *L, int idx) {
+  int block = lua_isnoneornil(L, idx) ? 1 : lua_toboolean(L, idx);
+  if (!block) return 0;
+  if (lua_isnoneornil(L, idx + 1)) return -1;
+  double t = luaL_checknumber(L, idx + 1);
+  return t < 0 ? 0 : t;
+}

@@ -29,6 +29,10 @@ typedef struct lmp_deadline {
 } lmp_deadline;
 
 void lmp_deadline_init(lmp_deadline *d, double timeout);
+
+/* The optional (block, timeout) arguments at idx, idx+1 of a blocking method, as a timeout in
+** seconds: 0 when not blocking, < 0 to wait without limit. */
+double lmp_opt_timeout(lua_State *L, int idx);
 /* Runs the parent's loop work (lmp_wait_tick, when L is not NULL) and returns how long the
 ** caller may sleep before asking again (at most cap), or a negative number when the deadline
 ** has passed. May raise InterruptedError through L. */

@@ -240,15 +240,6 @@ static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
 
 /* ---- Lua methods ---- */
 
-/* Arguments (block, timeout) at idx -> seconds, < 0 forever. */
-static double opt_timeout(lua_State *L, int idx) {
-  int block = lua_isnoneornil(L, idx) ? 1 : lua_toboolean(L, idx);
-  if (!block) return 0;
-  if (lua_isnoneornil(L, idx + 1)) return -1;
-  double t = luaL_checknumber(L, idx + 1);
-  return t < 0 ? 0 : t;
-}
-
 static void do_put(lua_State *L, queueobj *q, double timeout) {
   enc_buf.len = 0;
   lmp_encode_buf(L, 2, &enc_buf, NULL);
@@ -259,7 +250,7 @@ static void do_put(lua_State *L, queueobj *q, double timeout) {
 static int l_put(lua_State *L) {
   queueobj *q = check_open(L, 1);
   luaL_checkany(L, 2);
-  do_put(L, q, opt_timeout(L, 3));
+  do_put(L, q, lmp_opt_timeout(L, 3));
   return 0;
 }
 
@@ -290,7 +281,7 @@ static int do_get(lua_State *L, queueobj *q, double timeout) {
 
 static int l_get(lua_State *L) {
   queueobj *q = check_open(L, 1);
-  return do_get(L, q, opt_timeout(L, 2));
+  return do_get(L, q, lmp_opt_timeout(L, 2));
 }
 
 static int l_get_nowait(lua_State *L) { return do_get(L, check_open(L, 1), 0); }

@@ -102,15 +102,6 @@ static int obj_gc(lua_State *L) {
   return 0;
 }
 
-/* Optional (block, timeout) at idx, idx+1 -> timeout in seconds (< 0: forever). */
-static double opt_timeout(lua_State *L, int idx) {
-  int block = lua_isnoneornil(L, idx) ? 1 : lua_toboolean(L, idx);
-  if (!block) return 0;
-  if (lua_isnoneornil(L, idx + 1)) return -1;
-  double t = luaL_checknumber(L, idx + 1);
-  return t < 0 ? 0 : t;
-}
-
 /* Optional timeout at idx (nil: forever). */
 static double opt_wait(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return -1;
@@ -164,7 +155,7 @@ static syncobj *fast_lock(lua_State *L) {
 
 static int l_lock_acquire(lua_State *L) {
   syncobj *s = fast_lock(L);
-  return push_acquired(L, lock_acquire(L, s, opt_timeout(L, 2)));
+  return push_acquired(L, lock_acquire(L, s, lmp_opt_timeout(L, 2)));
 }
 
 static int l_lock_release(lua_State *L) {
@@ -228,7 +219,7 @@ static int new_bsem(lua_State *L) { return sem_new(L, K_BSEM); }
 static int l_sem_acquire(lua_State *L) {
   shm_sem *m = check_sem(L, 1)->o.p;
   lmp_deadline d;
-  lmp_deadline_init(&d, opt_timeout(L, 2));
+  lmp_deadline_init(&d, lmp_opt_timeout(L, 2));
   for (;;) {
     uint32_t v = __atomic_load_n(&m->value, __ATOMIC_SEQ_CST);
     if (v > 0) {
@@ -336,7 +327,7 @@ static syncobj *cond_lock(lua_State *L, int idx) {
 static int l_cond_acquire(lua_State *L) {
   check_kind(L, 1, K_COND);
   syncobj *k = cond_lock(L, 1);
-  return push_acquired(L, lock_acquire(L, k, opt_timeout(L, 2)));
+  return push_acquired(L, lock_acquire(L, k, lmp_opt_timeout(L, 2)));
 }
 
 static int l_cond_release(lua_State *L) {
