@@ -669,7 +669,7 @@ describe("mp.Pool", function()
       end
       local t0 = mp.monotonic()
       assert.are.equal(0, mp.poll())
-      assert.is_true(mp.monotonic() - t0 < 0.04, "poll() blocked")
+      assert.is_true(mp.monotonic() - t0 < 0.2, "poll() blocked") -- 0 results: it did not wait
       local ran = 0
       local deadline = mp.monotonic() + 10
       while #got < 3 and mp.monotonic() < deadline do ran = ran + mp.poll(0.05) end
