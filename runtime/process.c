@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/syscall.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -303,8 +304,37 @@ static int spawn_payload(const char *payload, size_t n, const char *mode, const 
 
 /* In the forked child: signals and parent death (exec keeps them), the two descriptors the
 ** new program needs, exec. */
+/* Lets the new program keep this process's descriptors, as a forked child would: handles
+** (Pipe ends, shared-memory arenas) in the payload refer to them by number. lmp's own are
+** closed first. Raw system calls only: this runs between fork and exec, where a
+** multithreaded host must not allocate. */
+static void keep_descriptors_across_exec(void) {
+  lmp_fd_close_owned_in_child();
+  int dir = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return;
+  char buf[4096];
+  long n;
+  while ((n = syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
+    for (long off = 0; off < n;) {
+      struct linux_dirent64 {
+        uint64_t ino;
+        int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[];
+      } *d = (void *)(buf + off);
+      int fd = 0, digits = 0;
+      for (const char *c = d->name; *c >= '0' && *c <= '9'; c++, digits++) fd = fd * 10 + (*c - '0');
+      if (digits > 0 && fd > 2 && fd != dir) fcntl(fd, F_SETFD, 0);
+      off += d->reclen;
+    }
+  }
+  close(dir);
+}
+
 static void spawn_exec(int memfd, int keep_fd) {
   child_signals();
+  keep_descriptors_across_exec();
   fcntl(memfd, F_SETFD, 0);
   if (keep_fd >= 0) fcntl(keep_fd, F_SETFD, 0);
   char fdarg[16], ppidarg[16];

@@ -2,6 +2,7 @@
 -- for hosts where fork alone is unsafe. Everything that travels by the codec still works.
 local mp = require "lmp"
 local H = require "helper"
+require "shm_helper" -- warms the shared-memory arena once, before the fd checks
 
 function spawn_global_helper(x) return x + 100 end
 
@@ -47,6 +48,22 @@ describe("the spawn start method", function()
     assert.matches("lmp$", exe)
     assert.are.equal(5, p:join(10))
     assert.are.equal('[101,true,"v","' .. p.name .. '"]', H.slurp(out))
+  end)
+
+  it("hands Pipe ends and shared objects to the new program", function()
+    local a, b = mp.Pipe()
+    local q, lock = mp.Queue(), mp.Lock()
+    local p = mp.Process(function(c, q, lock)
+      assert(lock:acquire(true, 5))
+      c:send("pipe ok")
+      q:put("queue ok")
+      lock:release()
+    end, { b, q, lock })
+    p:start()
+    assert.are.equal("pipe ok", a:recv())
+    assert.are.equal("queue ok", q:get(true, 5))
+    assert.are.equal(0, p:join(10))
+    a:close(); b:close()
   end)
 
   it("reports an uncaught error with exit code 1", function()
