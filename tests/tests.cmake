@@ -48,7 +48,7 @@ endif()
 find_program(VALGRIND_EXE valgrind)
 if(VALGRIND_EXE AND NOT LMP_SANITIZE)
   add_test(NAME valgrind_test_embed
-    COMMAND ${VALGRIND_EXE} --quiet --error-exitcode=1 --leak-check=full
+    COMMAND ${VALGRIND_EXE} --quiet --error-exitcode=1 --leak-check=full --child-silent-after-fork=yes
             --errors-for-leak-kinds=definite $<TARGET_FILE:test_embed>)
-  set_tests_properties(valgrind_test_embed PROPERTIES TIMEOUT 300 LABELS c)
+  set_tests_properties(valgrind_test_embed PROPERTIES TIMEOUT 300 LABELS c RUN_SERIAL TRUE)
 endif()
