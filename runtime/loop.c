@@ -412,11 +412,6 @@ static int l_backend_fd(lua_State *L) {
   return 1;
 }
 
-static int l_in_callback(lua_State *L) {
-  lua_pushboolean(L, lmp_loop_get(L)->running);
-  return 1;
-}
-
 void lmp__open_loop(lua_State *L) {
   if (luaL_newmetatable(L, "lmp.Loop")) {
     lua_pushcfunction(L, loop_gc);
@@ -427,7 +422,6 @@ void lmp__open_loop(lua_State *L) {
                                  {"run_once", l_run_once},
                                  {"wait_event", l_wait_event},
                                  {"backend_fd", l_backend_fd},
-                                 {"in_callback", l_in_callback},
                                  {"icall", l_icall},
                                  {"readline", l_readline},
                                  {NULL, NULL}};

@@ -1281,14 +1281,6 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
-/* pump(): runs ready loop work if nothing else is running it (keeps workers fed while a
-** long submission loop runs). */
-static int l_pump(lua_State *L) {
-  checkpool(L);
-  lmp_loop_run_nowait(L);
-  return 0;
-}
-
 static int buf_gc(lua_State *L) {
   lmp_buf_free(lua_touserdata(L, 1));
   return 0;
@@ -1309,7 +1301,7 @@ void lmp__open_pool(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"submit", l_submit}, {"cancel", l_cancel}, {"close", l_close},
         {"terminate", l_terminate}, {"join", l_join}, {"stats", l_stats},
-        {"pump", l_pump}, {"release", l_release}, {"fn", l_fn}, {"queued", l_queued},
+        {"release", l_release}, {"fn", l_fn}, {"queued", l_queued},
         {"apply", l_apply}, {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");

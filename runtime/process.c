@@ -521,11 +521,6 @@ static int l_forget(lua_State *L) {
   return 0;
 }
 
-static int l_is_child(lua_State *L) {
-  lua_pushboolean(L, is_child);
-  return 1;
-}
-
 static int l_pid_alive(lua_State *L) {
   pid_t pid = (pid_t)luaL_checkinteger(L, 1);
   lua_pushboolean(L, pid > 0 && (kill(pid, 0) == 0 || errno == EPERM));
@@ -535,7 +530,7 @@ static int l_pid_alive(lua_State *L) {
 void lmp__open_process(lua_State *L) {
   static const luaL_Reg fns[] = {{"fork", l_fork},         {"status", l_status},
                                  {"join", l_join},         {"signal", l_signal},
-                                 {"forget", l_forget},     {"is_child", l_is_child},
+                                 {"forget", l_forget},
                                  {"pid_alive", l_pid_alive},
                                  {"set_start_method", l_set_start_method}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);

@@ -174,15 +174,6 @@ static int l_monotonic(lua_State *L) {
   return 1;
 }
 
-/* Sleeps without running any loop (workers, or the parent before lmp's loop exists). */
-static int l_rawsleep(lua_State *L) {
-  double s = luaL_checknumber(L, 1);
-  if (!(s >= 0)) return luaL_argerror(L, 1, "must be a non-negative number");
-  struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-  return 0;
-}
-
 static int l_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
   return 1;
@@ -198,7 +189,7 @@ static int l_error(lua_State *L) {
 void lmp__open_util(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"cpu_count", l_cpu_count}, {"getpid", l_getpid},       {"getppid", l_getppid},
-      {"time", l_time},           {"monotonic", l_monotonic}, {"rawsleep", l_rawsleep},
+      {"time", l_time},           {"monotonic", l_monotonic},
       {"error", l_error},         {"isatty", l_isatty},       {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
   error_metatable(L);

@@ -126,11 +126,6 @@ static ssize_t fill_in(wstate *w) {
   return n;
 }
 
-/* Makes room for a frame of need bytes so the next read completes it at once. */
-static int want(wstate *w, size_t need) {
-  return lmp_buf_reserve(&w->in, need);
-}
-
 /* Message handler for tasks: {value = err, message = string, traceback = string}. */
 static int task_msgh(lua_State *L) {
   lua_settop(L, 1);
@@ -394,7 +389,7 @@ static int l_serve(lua_State *L) {
       uint32_t flen = get_u32(w.in.p + w.pos);
       if (flen < 1 || flen > FRAME_MAX) _exit(71);
       if (avail < 4 + (size_t)flen) {
-        want(&w, 4 + (size_t)flen - avail);
+        lmp_buf_reserve(&w.in, 4 + (size_t)flen - avail); /* the next read completes it */
         break;
       }
       const char *p = w.in.p + w.pos + FRAME_HEAD;

@@ -56,6 +56,13 @@ local function fd_diff(before, after)
   return table.concat(out, ", ")
 end
 
+--- Calls f(...), which must raise; returns the error.
+function H.error_of(f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "an error was expected")
+  return err
+end
+
 --- Kills this process with SIGALRM after seconds (0 cancels).
 function H.watchdog(seconds) th.alarm(seconds) end
 

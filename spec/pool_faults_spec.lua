@@ -6,11 +6,7 @@
 local mp = require "lmp"
 local H = require "helper"
 
-local function pcall_err(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "an error was expected")
-  return err
-end
+local pcall_err = H.error_of
 
 local function range(n)
   local t = {}

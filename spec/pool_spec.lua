@@ -16,11 +16,7 @@ local function count(t)
   return n
 end
 
-local function pcall_err(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "an error was expected")
-  return err
-end
+local pcall_err = H.error_of
 
 local function lines_of(path)
   local s = H.slurp(path) or ""

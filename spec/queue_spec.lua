@@ -5,11 +5,7 @@ local mp = require "lmp"
 local H = require "helper"
 local S = require "shm_helper"
 
-local function err_of(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok)
-  return err
-end
+local err_of = H.error_of
 
 describe("Queue", function()
   before_each(S.setup)

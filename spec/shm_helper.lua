@@ -6,16 +6,6 @@ local H = require "helper"
 
 local S = {}
 
--- helper.lua's fd_count races with io.popen: `ls` may run before the parent has closed the
--- child's end of the popen pipe and count it. Listing after a short pause avoids that.
-function H.fd_count()
-  local n = 0
-  local p = io.popen("sleep 0.02; ls /proc/" .. mp.getpid() .. "/fd")
-  for _ in p:lines() do n = n + 1 end
-  p:close()
-  return n - 1 -- the pipe of io.popen itself
-end
-
 -- The first small arena is created once per process and kept (objects are carved from it).
 S.warm = mp.Lock()
 -- and the first Process start sets up the event loop's descriptors once

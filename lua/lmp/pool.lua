@@ -257,9 +257,9 @@ function Pool:_submit(kind, fn, args, rec, timeout, hold, first, count)
     first, count, rec)
 end
 
-local function call_opts(fname, a, b, c)
+local function call_opts(a, b)
   -- (callback [, error_callback]) or ({callback=, error_callback=, timeout=})
-  if type(a) == "table" and b == nil and c == nil then
+  if type(a) == "table" and b == nil then
     return a.callback, a.error_callback, a.timeout
   end
   return a, b, nil
@@ -271,7 +271,7 @@ function Pool:apply_async(f, args, a, b)
   if type(f) ~= "function" then check_function(f, "apply_async") end
   local callback, error_callback, timeout
   if a ~= nil or b ~= nil then
-    callback, error_callback, timeout = call_opts("apply_async", a, b)
+    callback, error_callback, timeout = call_opts(a, b)
     if callback ~= nil and type(callback) ~= "function" then
       errors.argerror("apply_async", 3, "callback must be a function")
     end
@@ -340,7 +340,7 @@ local function default_chunksize(n, processes)
 end
 
 -- Rewrites the codec's path for an item of a chunk (chunk[3].x) into seq[index].x.
-local function item_path_error(err, start, fname)
+local function item_path_error(err, start)
   if errors.iserror(err, "SerializationError") then
     local k, rest = tostring(err.message):match("^chunk%[(%d+)%](.*)$")
     if k then err.message = ("seq[%d]%s"):format(start + tonumber(k) - 1, rest) end

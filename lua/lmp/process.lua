@@ -16,7 +16,7 @@ local counter = 0         -- children started by this process, for their names
 local live = {}           -- started, not yet seen exited: Process -> true
 
 local INTERNAL = { _started = true, _closed = true, _exitcode = true, _target = true,
-                   _args = true, _run = true }
+                   _args = true }
 
 local function check_open(p, what)
   if rawget(p, "_closed") then errors.raise("ValueError", "process object is closed (" .. what .. ")") end
