@@ -19,11 +19,13 @@
 
 #include "lmp_shm.h"
 
-/* Until the parent's loop provides the real hook: nothing to process, sleep up to 50 ms. */
-__attribute__((weak)) double lmp_wait_tick(lua_State *L) {
-  (void)L;
-  return 0.05;
-}
+/* The loop's tick (loop.c registers it when lmp.core opens): runs ready loop work, raises
+** InterruptedError after Ctrl-C and ValueError inside a callback, returns the longest sleep. */
+static lmp_tick_fn tick_hook;
+
+void lmp_set_tick_hook(lmp_tick_fn fn) { tick_hook = fn; }
+
+static double run_tick(lua_State *L) { return tick_hook ? tick_hook(L) : 0.05; }
 
 /* ---- futexes, thread ids, deadlines ---- */
 
@@ -74,18 +76,16 @@ void lmp_deadline_init(lmp_deadline *d, double timeout) {
 }
 
 double lmp_deadline_slice(lua_State *L, lmp_deadline *d, double cap) {
-  double s = L ? lmp_wait_tick(L) : cap;
+  double rem = d->forever ? cap : d->end - lmp_monotonic();
+  if (rem <= 0) return -1; /* over: no tick, so a wait that never sleeps never raises */
+  double s = L ? run_tick(L) : cap;
   if (s > cap || s < 0) s = cap;
-  if (!d->forever) {
-    double rem = d->end - lmp_monotonic();
-    if (rem <= 0) return -1;
-    if (rem < s) s = rem;
-  }
+  if (rem < s) s = rem;
   return s;
 }
 
 static int tick(lua_State *L) {
-  lua_pushnumber(L, lmp_wait_tick(L));
+  lua_pushnumber(L, run_tick(L));
   return 1;
 }
 

@@ -37,6 +37,36 @@ void lmp_error_push(lua_State *L, const char *type, const char *msg);
 /* Raises an error object; the message is formatted like lua_pushfstring. Never returns. */
 int lmp_raise(lua_State *L, const char *type, const char *fmt, ...);
 
+/* ---- argument checks (args.c): misuse raises mp.Error, never a plain string ---- */
+/* Raises an error object of `type` ("TypeError", "ValueError") about argument arg of the C
+** function running now: "bad argument #arg to 'name' (what)"; a method does not count self.
+** Never returns. */
+int lmp_argerror(lua_State *L, int arg, const char *type, const char *fmt, ...);
+/* TypeError "bad argument #arg to 'name' (expected expected, got <description>)". */
+int lmp_typeerror(lua_State *L, int arg, const char *expected);
+/* Pushes and returns a short description of the value at idx: `string "4"`, `nil`... */
+const char *lmp_pushdescribe(lua_State *L, int idx);
+lua_Integer lmp_checkinteger(lua_State *L, int arg);
+lua_Integer lmp_optinteger(lua_State *L, int arg, lua_Integer def);
+lua_Number lmp_checknumber(lua_State *L, int arg);
+const char *lmp_checklstring(lua_State *L, int arg, size_t *len);
+void lmp_checktype(lua_State *L, int arg, int t);
+void *lmp_checkudata(lua_State *L, int arg, const char *tname);
+/* Raises ValueError naming the first key of the option table at arg that is not in names
+** (NULL-terminated), with the accepted ones. */
+void lmp_checkoptions(lua_State *L, int arg, const char *const names[]);
+/* Raises ValueError when the C function got more than max arguments. */
+void lmp_checknargs(lua_State *L, int max);
+
+/* ---- the one timeout rule of every blocking call (DESIGN §4) ----
+** nil, math.huge or anything >= LMP_TIMEOUT_HUGE: no limit (LMP_FOREVER); 0 or negative: look
+** once; positive: up to that long; NaN or a non-number: ValueError naming the argument. */
+#define LMP_FOREVER (-1.0)
+#define LMP_TIMEOUT_HUGE 1e9 /* seconds (31 years): at or above it there is no limit */
+double lmp_checktimeout(lua_State *L, int arg);
+/* The rule for a number already read (not NaN). */
+double lmp_timeout_of(double t);
+
 /* ---- the codec (codec.c) ---- */
 /* Encodes the value at idx, appending the message to out. With fds == NULL, lmp handles that
 ** carry file descriptors record their raw numbers (valid in this process and its forked
@@ -72,11 +102,6 @@ void lmp__open_worker(lua_State *L);
 void lmp__open_pool(lua_State *L);
 void lmp__open_result(lua_State *L);
 void lmp__open_shm(lua_State *L);
-
-/* ---- blocking waits ---- */
-/* Processes pending loop work without blocking, raises InterruptedError after Ctrl-C, and
-** returns the longest slice (seconds) a blocking call may sleep before calling it again. */
-double lmp_wait_tick(lua_State *L);
 
 /* Embedded Lua sources (generated): name, source, length; terminated by a NULL name. */
 typedef struct lmp_embedded {

@@ -22,6 +22,10 @@ uint32_t lmp_tid(void);
 /* True when no process or thread with that id exists any more. */
 int lmp_owner_dead(uint32_t tid);
 
+/* The hook of futex waits into the parent's loop (loop.c registers lmp_wait_tick). */
+typedef double (*lmp_tick_fn)(lua_State *L);
+void lmp_set_tick_hook(lmp_tick_fn fn);
+
 /* A deadline for a blocking call: timeout < 0 means none. */
 typedef struct lmp_deadline {
   double end;

@@ -7,6 +7,9 @@
 ** that was there before (lua.c's, the host's, or the default) gets the signal.
 */
 #include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -18,6 +21,7 @@
 #include "lmp_int.h"
 #include "lmp.h"
 #include "loop.h"
+#include "lmp_shm.h"
 
 #define LOOP_KEY "lmp.loop"
 
@@ -71,20 +75,59 @@ static int claim_sigint(void) {
   return 1;
 }
 
+/* ---- SIGCHLD: our own handler, which only wakes the loop ----
+** libuv's signal watchers keep a process-wide table that a forked child inherits with the
+** parent's entries in it, so a child's own loop would never hear of its children. lmp's handler
+** is installed afresh in every process that loads lmp, and chains to what was there before. */
+
+static uv_async_t *volatile chld_async;     /* the loop to wake on SIGCHLD */
+static struct sigaction previous_chld;
+static int chld_installed;                   /* in this process (reset in a forked child) */
+static pid_t chld_owner;
+
+static void on_sigchld(int sig, siginfo_t *info, void *uctx) {
+  int saved = errno;
+  uv_async_t *a = chld_async;
+  if (a != NULL) uv_async_send(a);
+  if (previous_chld.sa_flags & SA_SIGINFO) {
+    if (previous_chld.sa_sigaction != NULL) previous_chld.sa_sigaction(sig, info, uctx);
+  } else if (previous_chld.sa_handler != SIG_DFL && previous_chld.sa_handler != SIG_IGN &&
+             previous_chld.sa_handler != NULL) {
+    previous_chld.sa_handler(sig);
+  }
+  errno = saved;
+}
+
+/* Installs the SIGCHLD handler once per process (a forked child installs its own). */
+static void claim_sigchld(void) {
+  if (chld_installed && chld_owner == getpid()) return;
+  struct sigaction cur, sa;
+  sigaction(SIGCHLD, NULL, &cur);
+  if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigchld)) previous_chld = cur;
+  else memset(&previous_chld, 0, sizeof previous_chld);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_sigchld;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NOCLDSTOP;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGCHLD, &sa, NULL);
+  chld_installed = 1;
+  chld_owner = getpid();
+}
+
 /* ---- the loop object ---- */
 
 static void on_wake(uv_async_t *a) { (void)a; }
 
-static void on_sigchld(uv_signal_t *h, int sig) {
-  (void)sig;
-  lmp_loop *lp = h->data;
+static void on_chld(uv_async_t *a) {
+  lmp_loop *lp = a->data;
   lmp_children_reap();
   lmp_loop_notify(lp);
 }
 
+/* The wait's deadline: the poll must not block past it (see loop_wait). */
 static void on_timer(uv_timer_t *t) {
   lmp_loop *lp = t->data;
-  lp->timed_out = 1;
+  uv_stop(&lp->uv);
 }
 
 static void close_cb(uv_handle_t *h) { (void)h; }
@@ -100,6 +143,7 @@ static int loop_gc(lua_State *L) {
   if (lp != NULL && !lp->closed) {
     lp->closed = 1;
     if (wake_async == &lp->wake) wake_async = NULL;
+    if (chld_async == &lp->chld) chld_async = NULL;
     lmp_children_at_exit();
     uv_walk(&lp->uv, walk_close, NULL);
     uv_run(&lp->uv, UV_RUN_DEFAULT);
@@ -127,10 +171,11 @@ static lmp_loop *loop_create(lua_State *L) {
   lp->uv.data = lp;
   uv_async_init(&lp->uv, &lp->wake, on_wake);
   uv_unref((uv_handle_t *)&lp->wake);
-  uv_signal_init(&lp->uv, &lp->sigchld);
-  lp->sigchld.data = lp;
-  uv_signal_start(&lp->sigchld, on_sigchld, SIGCHLD);
-  uv_unref((uv_handle_t *)&lp->sigchld);
+  uv_async_init(&lp->uv, &lp->chld, on_chld);
+  lp->chld.data = lp;
+  uv_unref((uv_handle_t *)&lp->chld);
+  chld_async = &lp->chld;
+  claim_sigchld();
   uv_timer_init(&lp->uv, &lp->timer);
   lp->timer.data = lp;
   uv_unref((uv_handle_t *)&lp->timer);
@@ -148,7 +193,21 @@ lmp_loop *lmp_loop_get(lua_State *L) {
   return loop_create(L);
 }
 
-void lmp_loop_notify(lmp_loop *lp) { lp->events++; }
+/* Something happened: a waiter re-checks its condition, and a poll later in this loop turn
+** must not block (the event may have come before the poll, from a timer or a callback). */
+void lmp_loop_notify(lmp_loop *lp) {
+  lp->events++;
+  if (lp->running) uv_stop(&lp->uv);
+}
+
+int lmp_loop_busy(lua_State *L) { return lmp_loop_get(L)->running; }
+
+void lmp_check_may_block(lua_State *L) {
+  if (lmp_loop_get(L)->running)
+    lmp_raise(L, "ValueError",
+              "a blocking lmp call cannot run inside a callback (the loop is busy); use a "
+              "timeout of 0 or move the call out of the callback");
+}
 
 /* ---- waiting ---- */
 
@@ -170,31 +229,53 @@ static void wait_leave(lmp_loop *lp) {
   waiting = 0;
 }
 
-/* The wait itself: 1 ready, 0 timed out, -1 interrupted, -2 called from a callback. */
+/* Runs ready loop work once without blocking (nothing when the loop is already running). */
+static void look_once(lmp_loop *lp, lua_State *L) {
+  if (lp->running) return;
+  lp->running = 1;
+  lp->L = L;
+  uv_run(&lp->uv, UV_RUN_NOWAIT);
+  lp->running = 0;
+}
+
+/* The wait itself: 1 ready, 0 timed out, -1 interrupted, -2 called from a callback.
+** The deadline is ours, on the monotonic clock; the loop's timer only wakes the poll. On
+** libuv 1.44 a timer that is already due when uv_run starts fires before the poll, and the poll
+** then blocks with no timeout: so the timer (like every event, lmp_loop_notify) calls uv_stop,
+** which makes that poll return at once, and the deadline is checked before every turn. */
 static int loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout) {
   lmp_loop *lp = lmp_loop_get(L);
-  if (lp->running) return -2;
-  if (interrupted) { /* Ctrl-C during an earlier wait of this call, not yet raised */
+  if (interrupted && !lp->running) { /* Ctrl-C during an earlier wait of this call */
     interrupted = 0;
     return -1;
   }
   if (ready != NULL && ready(L, ud)) return 1;
-  if (timeout == 0) return 0;
+  if (timeout == 0) {
+    look_once(lp, L);
+    return ready != NULL && ready(L, ud);
+  }
+  if (lp->running) return -2;
+  double deadline = timeout > 0 ? lmp_monotonic() + timeout : 0;
   lp->running = 1;
   lp->L = L;
-  lp->timed_out = 0;
   claim_sigint();
   wake_async = &lp->wake;
   waiting = 1;
   uv_ref((uv_handle_t *)&lp->wake); /* keeps UV_RUN_ONCE blocking */
-  if (timeout > 0) {
-    uv_update_time(&lp->uv); /* the loop clock may be stale since the last run */
-    uint64_t ms = (uint64_t)(timeout * 1000.0 + 0.999);
-    uv_timer_start(&lp->timer, on_timer, ms, 0);
-  }
   int result = 0;
   for (;;) {
-    uv_run(&lp->uv, UV_RUN_ONCE);
+    uv_run_mode mode = UV_RUN_ONCE;
+    if (timeout > 0) {
+      double left = deadline - lmp_monotonic();
+      if (left <= 0) break;
+      if (left < 1e-3) { /* below the loop timer's millisecond: look until it is over */
+        mode = UV_RUN_NOWAIT;
+      } else {
+        uv_update_time(&lp->uv); /* the loop clock may be stale since the last run */
+        uv_timer_start(&lp->timer, on_timer, (uint64_t)ceil(left * 1000.0), 0);
+      }
+    }
+    uv_run(&lp->uv, mode);
     if (interrupted) { /* Ctrl-C wins over a result that came in the same turn */
       interrupted = 0;
       result = -1;
@@ -204,7 +285,6 @@ static int loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout)
       result = 1;
       break;
     }
-    if (lp->timed_out) break;
   }
   wait_leave(lp);
   return result;
@@ -226,15 +306,16 @@ int lmp_loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout) {
 int lmp_loop_run_nowait(lua_State *L) {
   lmp_loop *lp = lmp_loop_get(L);
   if (lp->running) return 0;
-  lp->running = 1;
-  lp->L = L;
-  uv_run(&lp->uv, UV_RUN_NOWAIT);
-  lp->running = 0;
+  look_once(lp, L);
   return 1;
 }
 
+/* The tick of waits that sleep outside the loop (futexes, see futex.c): called before each
+** sleep of such a wait, never when it would not sleep, so it is where a blocking call made from
+** a callback is refused. */
 double lmp_wait_tick(lua_State *L) {
   lmp_loop *lp = lmp_loop_get(L);
+  lmp_check_may_block(L);
   if (claim_sigint()) {
     timespec_after(&tick_until, 0.25);
     wake_async = &lp->wake;
@@ -267,6 +348,12 @@ static void free_on_close(uv_handle_t *h) { free(h->data); }
 static int fd_ready(lua_State *L, void *ud) { return ((fdwait *)ud)->ready != 0; }
 
 int lmp_wait_fd(lua_State *L, int fd, int writable, double timeout) {
+  struct pollfd pf = {fd, (short)(writable ? POLLOUT : POLLIN), 0};
+  int pr;
+  do pr = poll(&pf, 1, 0);
+  while (pr < 0 && errno == EINTR);
+  if (pr != 0) return 1; /* ready, or an error that the caller's read or write will report */
+  if (timeout == 0) return 0;
   lmp_loop *lp = lmp_loop_get(L);
   fdwait *w = calloc(1, sizeof *w);
   if (w == NULL) return luaL_error(L, "not enough memory");
@@ -363,11 +450,13 @@ static int l_readline(lua_State *L) {
 
 static int never_ready(lua_State *L, void *ud) { return 0; }
 
-/* sleep(seconds): waits in the loop, so callbacks and child exits are handled meanwhile. */
+/* sleep(seconds): waits in the loop, so callbacks and child exits are handled meanwhile.
+** sleep(0) only runs what is ready. */
 static int l_sleep(lua_State *L) {
-  double s = luaL_checknumber(L, 1);
-  if (!(s >= 0)) return luaL_argerror(L, 1, "must be a non-negative number");
-  lmp_loop_wait(L, never_ready, NULL, s > 0 ? s : 1e-9);
+  if (lua_type(L, 1) != LUA_TNUMBER) return lmp_typeerror(L, 1, "number");
+  double s = lua_tonumber(L, 1);
+  if (isnan(s) || s < 0) return lmp_argerror(L, 1, "ValueError", "seconds must be a non-negative number");
+  lmp_loop_wait(L, never_ready, NULL, lmp_timeout_of(s));
   return 0;
 }
 
@@ -378,13 +467,13 @@ static int events_since(lua_State *L, void *ud) {
 /* run_once([timeout]): runs ready work; with a timeout, waits up to that long for an event.
 ** Returns false when a blocking call is already running the loop. */
 static int l_run_once(lua_State *L) {
-  double timeout = luaL_optnumber(L, 1, 0);
+  double timeout = lua_isnoneornil(L, 1) ? 0 : lmp_checktimeout(L, 1);
   lmp_loop *lp = lmp_loop_get(L);
   if (lp->running) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (timeout > 0) {
+  if (timeout != 0) {
     unsigned long start = lp->events;
     lmp_loop_wait(L, events_since, &start, timeout);
   }
@@ -399,10 +488,9 @@ static int l_run_once(lua_State *L) {
 ** a callback) or timeout seconds pass (nil or negative: no limit). Returns true when
 ** something happened. Raises InterruptedError on Ctrl-C. */
 static int l_wait_event(lua_State *L) {
-  double timeout = luaL_optnumber(L, 1, -1);
+  double timeout = lmp_checktimeout(L, 1);
   lmp_loop *lp = lmp_loop_get(L);
   unsigned long start = lp->events;
-  if (timeout == 0) timeout = 1e-9;
   lua_pushboolean(L, lmp_loop_wait(L, events_since, &start, timeout));
   return 1;
 }
@@ -426,6 +514,7 @@ void lmp__open_loop(lua_State *L) {
                                  {"readline", l_readline},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
+  lmp_set_tick_hook(lmp_wait_tick);
   lmp_loop_get(L);
 }
 

@@ -10,7 +10,7 @@
 
 typedef struct lmp_loop {
   uv_loop_t uv;
-  uv_signal_t sigchld;
+  uv_async_t chld;         /* woken by the SIGCHLD handler */
   uv_async_t wake;         /* woken by the SIGINT handler */
   uv_timer_t timer;        /* the timeout of the current wait */
   lua_State *L;            /* the thread running the loop now (for callbacks) */
@@ -18,7 +18,6 @@ typedef struct lmp_loop {
   int active;              /* producers of events (pools...): keeps ticks short */
   int running;             /* inside uv_run: blocking calls must not nest */
   int polling;             /* the run is a host's non-blocking poll (mp.poll, lmp_poll) */
-  int timed_out;
   int closed;
   int backend_fd;
 } lmp_loop;
@@ -30,8 +29,9 @@ typedef int (*lmp_ready_fn)(lua_State *L, void *ud);
 lmp_loop *lmp_loop_get(lua_State *L);
 
 /* Runs the loop until ready(L, ud) holds (returns 1) or timeout seconds pass (returns 0;
-** timeout < 0 waits without limit). Raises InterruptedError on Ctrl-C, and an error when
-** called from inside a loop callback. */
+** timeout < 0 waits without limit, 0 looks once without blocking). Never blocks past the
+** deadline. Raises InterruptedError on Ctrl-C, and ValueError when it would block inside a
+** loop callback. */
 int lmp_loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout);
 
 /* Waits in the loop until fd is readable (or writable); 1 when ready, 0 on timeout.
@@ -43,6 +43,12 @@ int lmp_loop_run_nowait(lua_State *L);
 
 /* Records that something happened that a waiter may be waiting for. */
 void lmp_loop_notify(lmp_loop *lp);
+
+/* 1 while the loop of L runs (so the caller is inside a loop callback). */
+int lmp_loop_busy(lua_State *L);
+/* Raises ValueError when called from inside a loop callback: for blocking calls, just before
+** they would block. */
+void lmp_check_may_block(lua_State *L);
 
 /* For waits that cannot be loop events (futexes): call between short sleeps. Runs ready loop
 ** work, raises InterruptedError after Ctrl-C, returns the longest sleep (seconds) allowed

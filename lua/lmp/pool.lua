@@ -27,7 +27,7 @@ local function wait_until(pred, timeout)
   if pred() then return true end
   local deadline = timeout and core.monotonic() + timeout
   while true do
-    local remaining = -1
+    local remaining = nil
     if deadline then
       remaining = deadline - core.monotonic()
       if remaining <= 0 then return pred() end
@@ -509,7 +509,7 @@ function Pool:_imap(fname, f, seq, opts, ordered)
     while not job.filled[i] do
       if job.err and job.err_chunk <= i then raise_err() end
       if exhausted and i >= next_start then return nil end
-      core.wait_event(-1)
+      core.wait_event(nil)
       feed()
     end
     yielded_upto = i
@@ -524,7 +524,7 @@ function Pool:_imap(fname, f, seq, opts, ordered)
     while rpos > job.nready do
       if job.err then raise_err() end
       if exhausted and outstanding == 0 then return nil end
-      core.wait_event(-1)
+      core.wait_event(nil)
       feed()
     end
     local i = job.ready[rpos]
