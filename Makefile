@@ -9,7 +9,8 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
 DEB_PACKAGES = build-essential cmake pkg-config liblua5.4-dev lua5.4 libuv1-dev \
-               lua-cjson lua-busted clang libclang-rt-dev python3 valgrind
+               libsodium-dev libedit-dev libhiredis-dev redis-server \
+               lua-cjson lua-busted clang libclang-rt-dev python3 valgrind jq tmux
 
 .PHONY: all deps build run test test-fast asan fuzz bench install clean
 
