@@ -17,7 +17,6 @@ int luaopen_lmp_core(lua_State *L) {
   lmp__open_process(L);
   lmp__open_worker(L);
   lmp__open_pool(L);
-  lmp__open_result(L);
   lmp__open_shm(L);
   lua_pushliteral(L, LMP_VERSION);
   lua_setfield(L, -2, "version");

@@ -84,9 +84,10 @@ static void snap_make(lua_State *L, lmp_fncache *c, int idx, lmp_fnent *f) {
   int G = lua_gettop(L);
   lmp__codec_revmap(L);
   int rev = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
+  /* the codec's {bytecode, names...}: missing when the function went as a module reference */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE) != LUA_TTABLE) goto out;
   lua_pushvalue(L, idx);
-  if (lua_rawget(L, -2) != LUA_TTABLE) goto out; /* the codec's {bytecode, names...} */
+  if (lua_rawget(L, -2) != LUA_TTABLE) goto out;
   int entry = lua_gettop(L);
   lua_newtable(L);
   int snap = lua_gettop(L);
@@ -180,6 +181,7 @@ lmp_fnent *lmp_fncache_get(lua_State *L, lmp_fncache *c, int idx, int *forgot) {
     f = malloc(sizeof *f + box->len);
     if (f == NULL) luaL_error(L, "not enough memory");
     f->hash = h;
+    f->avg = 0;
     f->id = ++c->next_id;
     f->refs = 1; /* the cache's */
     f->len = box->len;

@@ -16,6 +16,7 @@ typedef struct lmp_fnent {
   uint64_t hash;
   uint32_t id;
   int refs;        /* tasks using it, +1 while it is in the cache */
+  double avg;      /* average duration of its apply tasks (their dispatch window) */
   size_t len;
   char msg[];      /* the codec message of the closure */
 } lmp_fnent;

@@ -34,6 +34,8 @@ void lmp_fdvec_free(lmp_fdvec *v);
 /* ---- error objects (tables with metatable mp.Error, registry key "lmp.Error") ---- */
 /* Pushes a new error object {type=type, message=msg}. */
 void lmp_error_push(lua_State *L, const char *type, const char *msg);
+/* 1 when the value at idx is an lmp error object (metatable mp.Error). */
+int lmp_iserror_value(lua_State *L, int idx);
 /* Raises an error object; the message is formatted like lua_pushfstring. Never returns. */
 int lmp_raise(lua_State *L, const char *type, const char *fmt, ...);
 
@@ -66,6 +68,17 @@ void lmp_checknargs(lua_State *L, int max);
 double lmp_checktimeout(lua_State *L, int arg);
 /* The rule for a number already read (not NaN). */
 double lmp_timeout_of(double t);
+
+/* ---- calling user code (callback.c) ---- */
+/* Message handler: the error as a string (error objects through __tostring) with a traceback. */
+int lmp_msgh(lua_State *L);
+/* lua_pcall of the function below its nargs arguments with lmp_msgh as the handler. */
+int lmp_pcall_traceback(lua_State *L, int nargs, int nres);
+/* Runs a user callback (the function below its nargs arguments) protected, discarding its
+** results. On error the message (with traceback) is reported on stderr, naming what, and left
+** on the stack: returns 0; returns 1 when it ran. Every call is counted (mp.poll). */
+int lmp_callback(lua_State *L, int nargs, const char *what);
+unsigned long lmp_callbacks_run(void);
 
 /* ---- the codec (codec.c) ---- */
 /* Encodes the value at idx, appending the message to out. With fds == NULL, lmp handles that
@@ -100,7 +113,6 @@ void lmp__open_loop(lua_State *L);
 void lmp__open_process(lua_State *L);
 void lmp__open_worker(lua_State *L);
 void lmp__open_pool(lua_State *L);
-void lmp__open_result(lua_State *L);
 void lmp__open_shm(lua_State *L);
 
 /* Embedded Lua sources (generated): name, source, length; terminated by a NULL name. */

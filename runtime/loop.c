@@ -291,7 +291,7 @@ static int loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout)
 }
 
 /* Turns loop_wait's result into a return value or the error it stands for. */
-static int wait_result(lua_State *L, int r) {
+int lmp_wait_result(lua_State *L, int r) {
   if (r == -1) return lmp_raise(L, "InterruptedError", "interrupted by Ctrl-C (SIGINT)");
   if (r == -2)
     return lmp_raise(L, "ValueError",
@@ -300,7 +300,11 @@ static int wait_result(lua_State *L, int r) {
 }
 
 int lmp_loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout) {
-  return wait_result(L, loop_wait(L, ready, ud, timeout));
+  return lmp_wait_result(L, loop_wait(L, ready, ud, timeout));
+}
+
+int lmp_loop_wait_status(lua_State *L, lmp_ready_fn ready, void *ud, double timeout) {
+  return loop_wait(L, ready, ud, timeout);
 }
 
 int lmp_loop_run_nowait(lua_State *L) {
@@ -365,7 +369,7 @@ int lmp_wait_fd(lua_State *L, int fd, int writable, double timeout) {
   uv_poll_start(&w->poll, writable ? UV_WRITABLE : UV_READABLE, on_poll);
   int r = loop_wait(L, fd_ready, w, timeout);
   uv_close((uv_handle_t *)&w->poll, free_on_close); /* freed in its close callback */
-  return wait_result(L, r);
+  return lmp_wait_result(L, r);
 }
 
 /* ---- running Lua code that Ctrl-C may interrupt (the executable, the REPL) ---- */

@@ -34,6 +34,13 @@ lmp_loop *lmp_loop_get(lua_State *L);
 ** loop callback. */
 int lmp_loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout);
 
+/* lmp_loop_wait without raising: LMP_WAIT_READY, LMP_WAIT_TIMEOUT, LMP_WAIT_INTERRUPTED (Ctrl-C)
+** or LMP_WAIT_BUSY (it would block inside a loop callback); lmp_wait_result turns that into
+** the return value or the error. For callers that must act before an interruption goes on. */
+enum { LMP_WAIT_BUSY = -2, LMP_WAIT_INTERRUPTED = -1, LMP_WAIT_TIMEOUT = 0, LMP_WAIT_READY = 1 };
+int lmp_loop_wait_status(lua_State *L, lmp_ready_fn ready, void *ud, double timeout);
+int lmp_wait_result(lua_State *L, int r);
+
 /* Waits in the loop until fd is readable (or writable); 1 when ready, 0 on timeout.
 ** Raises like lmp_loop_wait. A descriptor epoll cannot watch counts as ready. */
 int lmp_wait_fd(lua_State *L, int fd, int writable, double timeout);
@@ -68,6 +75,12 @@ int lmp_child_watch(pid_t pid, lmp_child_exit_fn fn, void *ud);
 ** errno set. */
 pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mode,
                      int daemon, int keep_fd);
+
+/* Like lmp_fork_child, with the package paths given (NULL: Lua's defaults) and no Lua state
+** touched: for code that must not run Lua (a pool replacing a worker in the middle of its I/O).
+** The caller's loop must exist already (SIGCHLD is watched). */
+pid_t lmp_fork_with(const char *path, const char *cpath, const char *payload, size_t n,
+                    const char *mode, int daemon, int keep_fd);
 
 /* 1 when children are started with the "spawn" method (fork + exec of lmp): they then keep
 ** only keep_fd of this process's descriptors and no memory mapping. */

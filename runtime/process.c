@@ -407,20 +407,13 @@ static const char *package_field(lua_State *L, const char *field) {
   return s; /* left on the stack on purpose: keeps the string alive until fork returns */
 }
 
-pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mode,
-                     int daemon, int keep_fd) {
-  int top = lua_gettop(L);
-  lmp_loop_get(L); /* SIGCHLD is watched before the first child can exit */
-  const char *path = package_field(L, "path");
-  const char *cpath = package_field(L, "cpath");
+pid_t lmp_fork_with(const char *path, const char *cpath, const char *payload, size_t n,
+                    const char *mode, int daemon, int keep_fd) {
   if (!is_child && parent_pid == 0) atexit(at_exit);
   int memfd = -1;
-  if (spawn_method && (memfd = spawn_payload(payload, n, mode, path, cpath)) < 0) {
-    lua_settop(L, top);
-    return -1;
-  }
+  if (spawn_method && (memfd = spawn_payload(payload, n, mode, path, cpath)) < 0) return -1;
   if (add_child(0, daemon) != 0) {
-    lua_settop(L, top);
+    if (memfd >= 0) close(memfd);
     errno = ENOMEM;
     return -1;
   }
@@ -441,13 +434,25 @@ pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mo
   sigprocmask(SIG_SETMASK, &old, NULL);
   for (int i = 0; i < n_fork_hooks; i++)
     if (fork_hooks[i].parent) fork_hooks[i].parent(fork_hooks[i].ud);
-  lua_settop(L, top);
   if (pid < 0) {
     n_children--;
     errno = err;
     return -1;
   }
   children[n_children - 1].pid = pid;
+  return pid;
+}
+
+pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mode,
+                     int daemon, int keep_fd) {
+  int top = lua_gettop(L);
+  lmp_loop_get(L); /* SIGCHLD is watched before the first child can exit */
+  const char *path = package_field(L, "path");
+  const char *cpath = package_field(L, "cpath");
+  pid_t pid = lmp_fork_with(path, cpath, payload, n, mode, daemon, keep_fd);
+  int err = errno;
+  lua_settop(L, top);
+  errno = err;
   return pid;
 }
 

@@ -91,6 +91,14 @@ void lmp_error_push(lua_State *L, const char *type, const char *msg) {
   lua_setmetatable(L, -2);
 }
 
+int lmp_iserror_value(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return 0;
+  luaL_getmetatable(L, "lmp.Error");
+  int is = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return is;
+}
+
 int lmp_raise(lua_State *L, const char *type, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

@@ -1,41 +1,48 @@
 /*
-** worker.c — a pool worker's serving loop: read task frames from the parent's socket, run
-** them in this process's fresh Lua state, write result frames back.
-** Reads drain every complete frame per wake-up; a result is written before the next task
-** starts, so no result waits for a slow task and none is lost when a task crashes. Task functions are
-** cached by the id the parent gives them, so a closure sent a thousand times is loaded once.
+** worker.c — a pool worker's serving loop: read task frames from the parent's line, run them in
+** this process's fresh Lua state, write result frames back (frame.h, wire.h, link.h).
+** Reads drain every complete frame per wake-up; a result is committed before the next task
+** starts, so no result waits for a slow task and none is lost when a task crashes. Task
+** functions are cached by the id the parent gives them: a closure sent a thousand times is
+** loaded once. Before a task runs, its claim is taken, so the parent can withdraw any task
+** that has not started.
 ** Caveats: blocking I/O only — the worker has no event loop; it leaves on EOF or QUIT.
 */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include "bytes.h"
 #include "codec.h"
+#include "dispatch.h"
 #include "frame.h"
+#include "link.h"
 #include "lmp_int.h"
 
 #define FCACHE "lmp.worker.functions" /* fnid -> closure */
+#define OUT_SMALL (64u << 10)          /* the result buffer shrinks back to this after a big one */
+#define SPIN_AFTER 50e-6               /* after a task this quick, look for the next a moment */
+#define SPIN_FOR 30e-6
 
 typedef struct wstate {
   int fd;
-  lmp_buf in;      /* bytes read, not yet consumed */
-  size_t pos;      /* consumed prefix of in */
-  lmp_buf out;     /* result frames not yet written */
-  long done;       /* tasks finished */
+  lmp_rin in;        /* frames read, not yet handled */
+  lmp_buf out;       /* result frames not yet committed */
+  long done;         /* tasks finished */
+  long maxtasks;     /* leave after this many (0: never) */
   lua_Integer range; /* >= 0: the value being sent is a chunk's results, of this length */
-  lmp_ring *ring;  /* results go here when they fit (frame.h) */
-  double last_task; /* how long the last task ran (s) */
-  int fdq[TASK_MAXFDS * 4]; /* descriptors received, not yet taken by a task frame */
-  int nfdq;
-  int taskfds[TASK_MAXFDS]; /* the running task's descriptors until its args are decoded */
+  lmp_ring *ring;    /* results go here when they fit */
+  double last_task;  /* how long the last task ran (s) */
+  int taskfds[LMP_FRAME_MAXFDS]; /* the running task's descriptors until its args are decoded */
   int ntaskfds;
-  long maxtasks;   /* leave after this many (0: never) */
 } wstate;
 
-/* Writes all of out; returns -1 when the parent is gone. */
+/* ---- writing ---- */
+
+/* Writes all of out to the socket; -1 when the parent is gone. */
 static int flush_out(wstate *w) {
   size_t off = 0;
   while (off < w->out.len) {
@@ -47,114 +54,33 @@ static int flush_out(wstate *w) {
     off += (size_t)n;
   }
   w->out.len = 0;
+  if (w->out.cap > OUT_SMALL) lmp_buf_free(&w->out);
   return 0;
 }
 
-/* Commits the result frames in out: into the ring when they fit (announced with a WAKE only
-** if the parent is about to sleep), else through the socket. Returns -1 when the parent is
-** gone. */
+/* Commits the result frames in out: into the ring when they fit (announced with a WAKE only if
+** the parent may sleep), else through the socket. -1 when the parent is gone. */
 static int commit(wstate *w) {
-  lmp_ring *r = w->ring;
-  size_t n = w->out.len;
-  if (n == 0) return 0;
-  if (r != NULL) {
-    uint64_t head = r->head;
-    uint64_t tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
-    if (r->size - (head - tail) >= n) {
-      size_t at = (size_t)(head % r->size), first = r->size - at;
-      if (first > n) first = n;
-      memcpy(r->data + at, w->out.p, first);
-      memcpy(r->data, w->out.p + first, n - first);
-      __atomic_store_n(&r->head, head + n, __ATOMIC_SEQ_CST);
-      w->out.len = 0;
-      if (__atomic_load_n(&r->parent_waiting, __ATOMIC_SEQ_CST)) {
-        char wake[FRAME_HEAD];
-        put_u32(wake, 1);
-        wake[4] = F_WAKE;
-        if (lmp_buf_add(&w->out, wake, sizeof wake) != 0) return -1;
-        return flush_out(w);
-      }
-      return 0;
-    }
+  if (w->out.len == 0) return 0;
+  int r = w->ring ? lmp_ring_commit(w->ring, w->out.p, w->out.len) : -1;
+  if (r < 0) return flush_out(w);
+  w->out.len = 0;
+  if (r == 1) {
+    char wake[LMP_FRAME_HEAD];
+    lmp_frame_head(wake, F_WAKE, 0, 0);
+    if (lmp_buf_add(&w->out, wake, sizeof wake) != 0) return -1;
+    return flush_out(w);
   }
-  return flush_out(w);
-}
-
-/* recv into the input buffer, collecting descriptors that came along (SCM_RIGHTS) in order. */
-static ssize_t recv_some(wstate *w, int flags) {
-  struct iovec iov = {w->in.p + w->in.len, w->in.cap - w->in.len};
-  char cbuf[CMSG_SPACE(sizeof(int) * TASK_MAXFDS)];
-  struct msghdr msg = {0};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = cbuf;
-  msg.msg_controllen = sizeof cbuf;
-  ssize_t n = recvmsg(w->fd, &msg, flags | MSG_CMSG_CLOEXEC);
-  if (n < 0) return n;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    const int *fds = (const int *)CMSG_DATA(c);
-    for (int i = 0; i < k; i++) {
-      if (w->nfdq < (int)(sizeof w->fdq / sizeof w->fdq[0])) w->fdq[w->nfdq++] = fds[i];
-      else close(fds[i]);
-    }
-  }
-  return n;
-}
-
-/* Reads more input (blocking); returns bytes read, 0 at EOF, -1 on error. */
-static ssize_t fill_in(wstate *w) {
-  if (w->pos > 0) { /* keep only the partial frame, at the start */
-    memmove(w->in.p, w->in.p + w->pos, w->in.len - w->pos);
-    w->in.len -= w->pos;
-    w->pos = 0;
-  }
-  if (lmp_buf_reserve(&w->in, 65536) != 0) return -1;
-  ssize_t n = -1;
-  /* After a quick task the next one often follows within microseconds (a caller doing
-  ** apply():get() in a loop): look for it a moment before going to sleep. */
-  if (w->last_task < 50e-6) {
-    double until = lmp_monotonic() + 30e-6;
-    do n = recv_some(w, MSG_DONTWAIT);
-    while (n < 0 && (errno == EAGAIN || errno == EINTR) && lmp_monotonic() < until);
-  }
-  if (n < 0)
-    do n = recv_some(w, 0);
-    while (n < 0 && errno == EINTR);
-  if (n > 0) w->in.len += (size_t)n;
-  return n;
-}
-
-/* Message handler for tasks: {value = err, message = string, traceback = string}. */
-static int task_msgh(lua_State *L) {
-  lua_settop(L, 1);
-  lua_createtable(L, 0, 3); /* 2: the error info */
-  lua_pushvalue(L, 1);
-  lua_setfield(L, 2, "value");
-  if (lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER) {
-    lua_pushvalue(L, 1);
-  } else if (!(luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)) {
-    lua_settop(L, 2);
-    if (!(lua_istable(L, 1) && lua_getfield(L, 1, "message") == LUA_TSTRING)) {
-      lua_settop(L, 2);
-      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    }
-  }
-  lua_setfield(L, 2, "message");
-  luaL_traceback(L, L, NULL, 1);
-  lua_setfield(L, 2, "traceback");
-  lua_settop(L, 2);
-  return 1;
+  return 0;
 }
 
 /* Starts a RESULT frame in out; returns the offset of its header. */
 static size_t result_begin(wstate *w, uint64_t id, int status, uint32_t index) {
-  char head[FRAME_HEAD + RESULT_HEAD];
-  head[4] = F_RESULT;
-  put_u64(head + 5, id);
-  head[13] = (char)status;
-  put_u32(head + 14, index);
+  char head[LMP_FRAME_HEAD + RESULT_HEAD];
+  lmp_frame_head(head, F_RESULT, 0, 0); /* the length is set by result_end */
+  lmp_put_le64(head + LMP_FRAME_HEAD, id);
+  head[LMP_FRAME_HEAD + 8] = (char)status;
+  lmp_put_le32(head + LMP_FRAME_HEAD + 9, index);
   size_t at = w->out.len;
   if (lmp_buf_add(&w->out, head, sizeof head) != 0) {
     fputs("lmp worker: out of memory\n", stderr);
@@ -164,11 +90,10 @@ static size_t result_begin(wstate *w, uint64_t id, int status, uint32_t index) {
 }
 
 static void result_end(wstate *w, size_t at) {
-  put_u32(w->out.p + at, (uint32_t)(w->out.len - at - 4));
+  lmp_put_le64(w->out.p + at, (uint64_t)(w->out.len - at - LMP_FRAME_HEAD));
 }
 
-/* Encodes the value on top into a RESULT frame (protected: a value that cannot be encoded
-** becomes an RES_UNENCODABLE result with the codec's message). Pops the value. */
+/* Protected: encodes the value at 1 after a result header. */
 static int encode_top(lua_State *L) {
   wstate *w = lua_touserdata(L, 2);
   if (w->range >= 0) /* a chunk's results: an array of known length, no table walk */
@@ -178,8 +103,8 @@ static int encode_top(lua_State *L) {
   return 0;
 }
 
-/* Tries to encode the value on top into a RESULT frame; returns 0, or -1 with the reason
-** on top of the stack (the value stays below it). */
+/* Encodes the value on top into a RESULT frame; 0, or -1 with the reason on top (the value
+** below it). */
 static int try_result(lua_State *L, wstate *w, uint64_t id, int status, uint32_t index) {
   size_t at = result_begin(w, id, status, index);
   lua_pushcfunction(L, encode_top);
@@ -202,8 +127,8 @@ static int try_result(lua_State *L, wstate *w, uint64_t id, int status, uint32_t
 }
 
 /* Sends the value on top as the task's result (pops it). A result that cannot be encoded is
-** reported as RES_UNENCODABLE with the codec's reason; an error whose value cannot be encoded
-** is sent with its message and traceback only. */
+** sent as RES_UNENCODABLE with the codec's reason; an error whose value cannot be encoded is
+** sent with its message and traceback only. */
 static void send_result(lua_State *L, wstate *w, uint64_t id, int status, uint32_t index) {
   if (try_result(L, w, id, status, index) == 0) {
     lua_pop(L, 1);
@@ -218,11 +143,76 @@ static void send_result(lua_State *L, wstate *w, uint64_t id, int status, uint32
       return;
     }
   }
-  /* stack: value reason */
-  size_t at = result_begin(w, id, RES_UNENCODABLE, index);
-  lmp_encode_buf(L, -1, &w->out, NULL); /* a string: cannot fail */
+  size_t at = result_begin(w, id, RES_UNENCODABLE, index); /* stack: value reason */
+  lmp_encode_buf(L, -1, &w->out, NULL);                     /* a string: cannot fail */
   result_end(w, at);
   lua_pop(L, 2);
+}
+
+/* ---- running ---- */
+
+/* Pushes the traceback of the task's error, from where it was raised down to the task
+** function itself: lmp's own frames below it are left out. */
+static void task_traceback(lua_State *L, const void *taskfn) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "stack traceback:");
+  lua_Debug ar;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Slnf", &ar);
+    int is_task = lua_topointer(L, -1) == taskfn;
+    lua_pop(L, 1);
+    if (ar.currentline > 0)
+      lua_pushfstring(L, "\n\t%s:%d: in ", ar.short_src, ar.currentline);
+    else
+      lua_pushfstring(L, "\n\t%s: in ", ar.short_src);
+    luaL_addvalue(&b);
+    if (ar.name != NULL)
+      lua_pushfstring(L, "%s '%s'",
+                      (*ar.namewhat && strcmp(ar.namewhat, "global") != 0) ? ar.namewhat : "function",
+                      ar.name);
+    else if (*ar.what == 'm') lua_pushliteral(L, "main chunk");
+    else if (*ar.what == 'C') lua_pushliteral(L, "?");
+    else lua_pushfstring(L, "function <%s:%d>", ar.short_src, ar.linedefined);
+    luaL_addvalue(&b);
+    if (is_task) break;
+  }
+  luaL_pushresult(&b);
+}
+
+/* Message handler of tasks: {value = err, message = string, traceback = string}. Upvalue 1 is
+** the task function (where the traceback stops). */
+static int task_msgh(lua_State *L) {
+  lua_settop(L, 1);
+  lua_createtable(L, 0, 3); /* 2: the error info */
+  lua_pushvalue(L, 1);
+  lua_setfield(L, 2, "value");
+  if (lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER) {
+    lua_pushvalue(L, 1);
+  } else if (!(luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)) {
+    lua_settop(L, 2);
+    if (!(lua_istable(L, 1) && lua_getfield(L, 1, "message") == LUA_TSTRING)) {
+      lua_settop(L, 2);
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+  }
+  lua_setfield(L, 2, "message");
+  task_traceback(L, lua_topointer(L, lua_upvalueindex(1)));
+  lua_setfield(L, 2, "traceback");
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* After a memory error (no message handler runs for those): the error info, once the task's
+** garbage is collected. */
+static void memory_error(lua_State *L, const char *what) {
+  lua_settop(L, 0);
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_createtable(L, 0, 2);
+  lua_pushfstring(L, "%s ran out of memory in %s (pid %d)", "the worker", what, (int)getpid());
+  lua_setfield(L, -2, "message");
+  lua_pushliteral(L, "MemoryError");
+  lua_setfield(L, -2, "value");
 }
 
 typedef struct chunkrun {
@@ -265,10 +255,9 @@ static int pchunk(lua_State *L) {
   return 1;
 }
 
-/* Runs one task (fn and args on the stack: fn args); leaves the result value on the stack
-** and returns the status and the failing index for chunks. */
+/* Runs one task (stack: msgh fn args); leaves the result value (or the error info) on top and
+** returns the status, with the failing item of a chunk in *index. */
 static int run_task(lua_State *L, int kind, uint32_t *index) {
-  /* stack: msgh fn args */
   int fn = 2, args = 3;
   if (kind == K_APPLY) {
     int n = (int)(lua_getfield(L, args, "n") == LUA_TNUMBER ? lua_tointeger(L, -1)
@@ -278,7 +267,9 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
     int base = lua_gettop(L);
     lua_pushvalue(L, fn);
     for (int i = 1; i <= n; i++) lua_rawgeti(L, args, i);
-    if (lua_pcall(L, n, LUA_MULTRET, 1) != LUA_OK) return RES_ERROR;
+    int st = lua_pcall(L, n, LUA_MULTRET, 1);
+    if (st == LUA_ERRMEM) memory_error(L, "a task");
+    if (st != LUA_OK) return RES_ERROR;
     int nres = lua_gettop(L) - base;
     lua_createtable(L, nres, 1);
     lua_insert(L, base + 1);
@@ -292,11 +283,11 @@ static int run_task(lua_State *L, int kind, uint32_t *index) {
   lua_pushvalue(L, fn);
   lua_pushvalue(L, args);
   lua_pushlightuserdata(L, &c);
-  if (lua_pcall(L, 3, 1, 1) != LUA_OK) {
-    *index = (uint32_t)(c.i > 0 ? c.i - 1 : 0);
-    return RES_ERROR;
-  }
-  return RES_OK;
+  int st = lua_pcall(L, 3, 1, 1);
+  if (st == LUA_OK) return RES_OK;
+  *index = (uint32_t)(c.i > 0 ? c.i - 1 : 0);
+  if (st == LUA_ERRMEM) memory_error(L, "a map task");
+  return RES_ERROR;
 }
 
 static void close_taskfds(wstate *w) {
@@ -304,42 +295,29 @@ static void close_taskfds(wstate *w) {
   w->ntaskfds = 0;
 }
 
-/* Handles the TASK frame at p (len bytes after the type byte). */
-static void do_task(lua_State *L, wstate *w, const char *p, size_t len) {
-  if (len < TASK_HEAD) {
-    fputs("lmp worker: malformed task frame\n", stderr);
-    _exit(71);
-  }
-  uint64_t id = get_u64(p);
+/* Handles a TASK frame (f->p, f->n); its descriptors are in w->taskfds. */
+static void do_task(lua_State *L, wstate *w, const lmp_frame *f) {
+  const char *p = f->p;
+  uint64_t id = lmp_get_le64(p);
   int kind = (unsigned char)p[8];
-  uint32_t fnid = get_u32(p + 9), fnlen = get_u32(p + 13);
+  uint32_t fnid = lmp_get_le32(p + 9);
+  uint64_t fnlen = lmp_get_le64(p + 13);
   const char *fnmsg = p + TASK_HEAD, *argmsg = fnmsg + fnlen;
-  if (fnlen > len - TASK_HEAD) {
-    fputs("lmp worker: malformed task frame\n", stderr);
-    _exit(71);
-  }
-  size_t arglen = len - TASK_HEAD - fnlen;
-  int nfds = (unsigned char)p[17];
-  if (nfds > TASK_MAXFDS || nfds > w->nfdq) {
-    fputs("lmp worker: a task's descriptors are missing\n", stderr);
-    _exit(71);
-  }
-  memcpy(w->taskfds, w->fdq, sizeof(int) * (size_t)nfds); /* the frame's, first in line */
-  w->nfdq -= nfds;
-  memmove(w->fdq, w->fdq + nfds, sizeof(int) * (size_t)w->nfdq);
-  w->ntaskfds = nfds;
+  size_t arglen = f->n - TASK_HEAD - (size_t)fnlen;
   lua_settop(L, 0);
-  lua_pushcfunction(L, task_msgh);
   lua_getfield(L, LUA_REGISTRYINDEX, FCACHE);
   if (fnlen > 0) {
-    lmp_decode(L, fnmsg, fnlen, NULL, 0);
+    lmp_decode(L, fnmsg, (size_t)fnlen, NULL, 0);
     lua_pushvalue(L, -1);
     lua_rawseti(L, -3, fnid);
-  } else {
-    lua_rawgeti(L, -1, fnid);
+  } else if (lua_rawgeti(L, -1, fnid) != LUA_TFUNCTION) {
+    luaL_error(L, "task function %d is not known here", (int)fnid);
   }
-  lua_remove(L, -2); /* the cache */
-  lmp_decode(L, argmsg, arglen, w->taskfds, nfds); /* decoders dup what they keep */
+  lua_remove(L, -2);              /* the cache; stack: fn */
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, task_msgh, 1);
+  lua_insert(L, 1);               /* stack: msgh fn */
+  lmp_decode(L, argmsg, arglen, w->taskfds, w->ntaskfds); /* decoders dup what they keep */
   close_taskfds(w);
   uint32_t index = 0;
   double t0 = lmp_monotonic();
@@ -355,93 +333,140 @@ static void do_task(lua_State *L, wstate *w, const char *p, size_t len) {
   w->range = -1;
   lua_settop(L, 0);
   fflush(stdout); /* what the task printed reaches the parent's stdout now */
-  w->done++;
 }
 
 /* The protected part of a task: decoding can raise (a bad message, a missing module). */
 static int ptask(lua_State *L) {
-  wstate *w = lua_touserdata(L, 1);
-  const char *p = lua_touserdata(L, 2);
-  size_t len = (size_t)lua_tointeger(L, 3);
-  do_task(L, w, p, len);
+  do_task(L, lua_touserdata(L, 1), lua_touserdata(L, 2));
   return 0;
 }
 
-/* serve(fd, maxtasks [, ring]): the worker's loop; returns when the parent says QUIT, closes the
-** socket, or maxtasks tasks are done. */
-static int l_serve(lua_State *L) {
-  wstate w = {.fd = (int)luaL_checkinteger(L, 1), .maxtasks = (long)luaL_optinteger(L, 2, 0),
-              .range = -1,
-              .last_task = 1.0,
-              .ring = (lmp_ring *)(intptr_t)luaL_optinteger(L, 3, 0)};
-  lua_newtable(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);
-  char ready[FRAME_HEAD];
-  put_u32(ready, 1);
-  ready[4] = F_READY;
-  lmp_buf_add(&w.out, ready, sizeof ready);
-  int quit = 0;
-  while (!quit) {
-    /* process every complete frame we have */
-    for (;;) {
-      size_t avail = w.in.len - w.pos;
-      if (avail < FRAME_HEAD) break;
-      uint32_t flen = get_u32(w.in.p + w.pos);
-      if (flen < 1 || flen > FRAME_MAX) _exit(71);
-      if (avail < 4 + (size_t)flen) {
-        lmp_buf_reserve(&w.in, 4 + (size_t)flen - avail); /* the next read completes it */
-        break;
+/* Runs the TASK frame f unless the parent withdrew it. Returns -1 when the frame is malformed. */
+static int handle_task(lua_State *L, wstate *w, const lmp_frame *f) {
+  memcpy(w->taskfds, f->fds, sizeof(int) * (size_t)f->nfds);
+  w->ntaskfds = f->nfds;
+  if (f->n < TASK_HEAD || lmp_get_le64(f->p + 13) > f->n - TASK_HEAD) {
+    close_taskfds(w);
+    return -1;
+  }
+  if (w->ring != NULL && !lmp_claim_start(w->ring, lmp_get_le32(f->p + 21))) {
+    close_taskfds(w); /* withdrawn: the parent forgot it, nothing is sent back */
+    return 0;
+  }
+  uint64_t id = lmp_get_le64(f->p);
+  lua_settop(L, 0);
+  lua_pushcfunction(L, ptask);
+  lua_pushlightuserdata(L, w);
+  lua_pushlightuserdata(L, (void *)f);
+  int st = lua_pcall(L, 2, 0, 0);
+  close_taskfds(w); /* when decoding failed half-way */
+  if (st != LUA_OK) { /* the task could not even start */
+    if (st == LUA_ERRMEM) {
+      memory_error(L, "decoding a task");
+    } else { /* stack: err */
+      const char *m = lua_tostring(L, -1);
+      if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "message");
+        m = lua_tostring(L, -1);
+        lua_pop(L, 1); /* the table keeps the string */
       }
-      const char *p = w.in.p + w.pos + FRAME_HEAD;
-      int type = (unsigned char)w.in.p[w.pos + 4];
-      size_t plen = flen - 1;
-      w.pos += 4 + (size_t)flen;
-      if (type == F_TASK) {
-        /* Results are written before the next task starts: once a task is running, every
-        ** result before it is in the parent's socket buffer, so a crash of this task can
-        ** neither lose them nor be blamed on them. */
-        if (w.out.len > 0 && commit(&w) != 0) {
-          quit = 2;
-          break;
-        }
-        uint64_t id = plen >= 8 ? get_u64(p) : 0;
-        lua_settop(L, 0);
-        lua_pushcfunction(L, ptask);
-        lua_pushlightuserdata(L, &w);
-        lua_pushlightuserdata(L, (void *)p);
-        lua_pushinteger(L, (lua_Integer)plen);
-        int st = lua_pcall(L, 3, 0, 0);
-        close_taskfds(&w); /* when decoding failed half-way */
-        if (st != LUA_OK) { /* the task could not even start */
-          lua_createtable(L, 0, 2);
-          lua_insert(L, -2);
-          lua_setfield(L, -2, "value");
-          lua_pushliteral(L, "task could not be decoded in the worker");
-          lua_setfield(L, -2, "message");
-          send_result(L, &w, id, RES_ERROR, 0);
-          w.done++;
-        }
-        if (w.maxtasks > 0 && w.done >= w.maxtasks) quit = 1;
-      } else if (type == F_QUIT) {
-        quit = 1;
-      } else if (type == F_FORGET) {
+      lua_pushfstring(L, "task could not be decoded in the worker: %s", m ? m : "?");
+      lua_createtable(L, 0, 2); /* err msg info */
+      lua_insert(L, -3);        /* info err msg */
+      lua_setfield(L, -3, "message");
+      lua_setfield(L, -2, "value");
+    }
+    send_result(L, w, id, RES_ERROR, 0);
+  }
+  w->done++;
+  return 0;
+}
+
+/* ---- reading ---- */
+
+/* Reads more input (blocking, after a short look when the last task was quick). Returns the
+** bytes read, 0 at end of stream, -1 on error. */
+static ssize_t fill_in(wstate *w) {
+  size_t need = lmp_rin_need(&w->in);
+  ssize_t n = -1;
+  /* after a quick task the next one often follows within microseconds (a caller doing
+  ** apply():get() in a loop): look for it a moment before going to sleep */
+  if (w->last_task < SPIN_AFTER) {
+    double until = lmp_monotonic() + SPIN_FOR;
+    do n = lmp_rin_recv(&w->in, w->fd, need, MSG_DONTWAIT);
+    while (n < 0 && errno == EAGAIN && lmp_monotonic() < until);
+  }
+  if (n < 0) n = lmp_rin_recv(&w->in, w->fd, need, 0);
+  return n;
+}
+
+/* Handles every complete frame buffered. Returns 1 to leave (QUIT, maxtasks, parent gone, a
+** malformed frame). */
+static int handle_frames(lua_State *L, wstate *w) {
+  lmp_frame f;
+  int r;
+  while ((r = lmp_rin_next(&w->in, &f, NULL)) == 1) {
+    if (f.type == F_TASK) {
+      /* results are committed before the next task starts: once a task runs, every result
+      ** before it is out, so its crash can neither lose them nor be blamed on them */
+      if (commit(w) != 0) return 1;
+      if (handle_task(L, w, &f) != 0) _exit(71);
+      if (w->maxtasks > 0 && w->done >= w->maxtasks) return 1;
+    } else {
+      for (int i = 0; i < f.nfds; i++) close(f.fds[i]);
+      if (f.type == F_QUIT) return 1;
+      if (f.type == F_FORGET) {
         lua_newtable(L);
         lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);
       }
-      if (quit) break;
     }
-    if (quit) break;
-    if (w.out.len > 0 && commit(&w) != 0) break;
-    ssize_t n = fill_in(&w);
-    if (n <= 0) break; /* the parent closed the socket or is gone */
+  }
+  if (r < 0) _exit(71); /* a protocol error: the parent treats the worker as lost */
+  lmp_rin_shrink(&w->in);
+  return 0;
+}
+
+/* serve(payload): the worker's loop; returns when the parent says QUIT, closes the line, or
+** maxtasks tasks are done. */
+static int l_serve(lua_State *L) {
+  size_t n;
+  const char *pl = luaL_checklstring(L, 1, &n);
+  if (n < WORKER_PAYLOAD_HEAD) return luaL_error(L, "malformed worker payload");
+  wstate w = {.fd = (int)lmp_get_le32(pl), .maxtasks = (long)lmp_get_le64(pl + 4), .range = -1,
+              .last_task = 1.0, .ring = (lmp_ring *)(uintptr_t)lmp_get_le64(pl + 12)};
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, FCACHE);
+  char ready[LMP_FRAME_HEAD];
+  lmp_frame_head(ready, F_READY, 0, 0);
+  lmp_buf_add(&w.out, ready, sizeof ready);
+  if (flush_out(&w) == 0) {
+    for (;;) {
+      if (handle_frames(L, &w)) break;
+      if (commit(&w) != 0) break;
+      if (fill_in(&w) <= 0) break; /* the parent closed the line or is gone */
+    }
   }
   commit(&w);
-  lmp_buf_free(&w.in);
+  lmp_rin_free(&w.in);
   lmp_buf_free(&w.out);
   return 0;
+}
+
+/* info(payload) -> name, initializer message */
+static int l_info(lua_State *L) {
+  size_t n;
+  const char *pl = luaL_checklstring(L, 1, &n);
+  uint32_t nl = n >= WORKER_PAYLOAD_HEAD ? lmp_get_le32(pl + 20) : 0;
+  if (n < WORKER_PAYLOAD_HEAD || nl > n - WORKER_PAYLOAD_HEAD)
+    return luaL_error(L, "malformed worker payload");
+  lua_pushlstring(L, pl + WORKER_PAYLOAD_HEAD, nl);
+  lua_pushlstring(L, pl + WORKER_PAYLOAD_HEAD + nl, n - WORKER_PAYLOAD_HEAD - nl);
+  return 2;
 }
 
 void lmp__open_worker(lua_State *L) {
   lua_pushcfunction(L, l_serve);
   lua_setfield(L, -2, "worker_serve");
+  lua_pushcfunction(L, l_info);
+  lua_setfield(L, -2, "worker_info");
 }

@@ -29,14 +29,14 @@ describe("shared objects in pool tasks", function()
   it("a Lock, a Value and an Array shared by all tasks of a map", function()
     local pool <close> = mp.Pool(2)
     pool:apply(function() return true end)
-    local lock, v, arr = mp.Lock(), mp.Value("i", 0), mp.Array("d", 4)
+    local lock, v, arr = mp.Lock(), mp.Value("i", 0), mp.Array("d", 8)
     pool:map(function(i)
       lock:with(function() v.value = v.value + i end)
-      arr[(i - 1) % 4 + 1] = i * 0.5
+      arr[i] = i * 0.5
       return true
     end, { 1, 2, 3, 4, 5, 6, 7, 8 })
     assert.are.equal(36, v.value)
-    assert.are.same({ 2.5, 3.0, 3.5, 4.0 }, arr:totable())
+    assert.are.same({ 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0 }, arr:totable())
   end)
 
   it("an Event set by a task wakes the parent", function()

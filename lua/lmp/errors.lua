@@ -10,8 +10,20 @@ local M = { Error = Error }
 
 function Error.__tostring(e)
   local s = (e.type or "Error") .. ": " .. tostring(e.message)
-  if e.traceback then s = s .. "\n" .. e.traceback end
+  if e.index then s = s .. " (item " .. tostring(e.index) .. ")" end
+  if e.where then s = s .. "\n  raised in the parent at " .. tostring(e.where) end
+  if e.traceback then s = s .. "\nin the worker (pid " .. tostring(e.pid or "?") .. "): " .. e.traceback end
   return s
+end
+
+--- A message handler for xpcall: the error as a string (error objects through __tostring)
+--- with a traceback. The one traceback helper of lmp's Lua code.
+function M.traceback(e)
+  if type(e) ~= "string" then
+    local ok, s = pcall(tostring, e)
+    e = ok and s or ("(error object is a " .. type(e) .. " value)")
+  end
+  return debug.traceback(e, 2)
 end
 
 --- Makes an error object; extra fields (value, traceback, pid, index...) are copied in.
