@@ -116,17 +116,22 @@ function H.cleanup()
   temps = {}
 end
 
---- Runs a Lua snippet with the lmp executable; returns stdout, stderr, exit status.
-function H.run_lmp(code, args)
+--- Runs a Lua snippet with the lmp executable in a child bounded by `timeout -s KILL` (so a
+--- hang fails the test instead of the suite); returns stdout, stderr, exit status (137 when
+--- the bound killed it). opts: timeout (seconds, default 120), shell (commands run before, in
+--- the same shell: `ulimit -n 40`...).
+function H.run_lmp(code, args, opts)
+  opts = opts or {}
   local src = H.tmpname()
   local f = assert(io.open(src, "w"))
   f:write(code)
   f:close()
   local out, err = H.tmpname(), H.tmpname()
-  local cmd = ("exec %s %s %s >%s 2>%s"):format(os.getenv("LMP_EXE") or "build/lmp", src,
-    args or "", out, err)
+  local cmd = ("%s exec timeout -s KILL %d %s %s %s >%s 2>%s"):format(
+    opts.shell and (opts.shell .. ";") or "", opts.timeout or 120,
+    os.getenv("LMP_EXE") or "build/lmp", src, args or "", out, err)
   local ok, how, code_ = os.execute(cmd)
-  return H.slurp(out), H.slurp(err), (how == "exit") and code_ or -code_
+  return H.slurp(out), H.slurp(err), (how == "exit") and code_ or 128 + code_
 end
 
 return H
