@@ -8,6 +8,7 @@
 
 #include "lmp.h"
 #include "lmp_int.h"
+#include "fncache.h"
 
 int luaopen_lmp_core(lua_State *L) {
   lua_newtable(L);
@@ -17,6 +18,7 @@ int luaopen_lmp_core(lua_State *L) {
   lmp__open_process(L);
   lmp__open_worker(L);
   lmp__open_pool(L);
+  lmp__open_fncache(L);
   lmp__open_shm(L);
   lua_pushliteral(L, LMP_VERSION);
   lua_setfield(L, -2, "version");

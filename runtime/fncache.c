@@ -40,21 +40,83 @@ static void fncache_reset(lmp_fncache *c) {
   c->n = 0;
 }
 
-/* Forgets every cached function (and the snapshots, which point into the cache). */
+/* Forgets every cached function (and the snapshots and last entries, which point into the
+** cache). */
 static void fncache_clear(lua_State *L, lmp_fncache *c) {
   fncache_reset(c);
   luaL_unref(L, LUA_REGISTRYINDEX, c->snaps);
+  luaL_unref(L, LUA_REGISTRYINDEX, c->lasts);
   c->snaps = new_weak_table(L);
+  c->lasts = new_weak_table(L);
 }
 
 void lmp_fncache_init(lua_State *L, lmp_fncache *c) {
   memset(c, 0, sizeof *c);
   c->snaps = new_weak_table(L);
+  c->lasts = new_weak_table(L);
 }
 
 void lmp_fncache_unref(lua_State *L, lmp_fncache *c) {
   luaL_unref(L, LUA_REGISTRYINDEX, c->snaps);
-  c->snaps = LUA_NOREF;
+  luaL_unref(L, LUA_REGISTRYINDEX, c->lasts);
+  c->snaps = c->lasts = LUA_NOREF;
+}
+
+/* ---- constants ---- */
+
+#define CONSTANTS_KEY "lmp.constants" /* weak keys: tables the user promised not to change */
+
+int lmp_is_constant(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CONSTANTS_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushvalue(L, idx);
+  int is = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return is;
+}
+
+/* constant(t) -> t, which lmp may now send as the copy it made the first time. */
+static int l_constant(lua_State *L) {
+  lmp_checktype(L, 1, LUA_TTABLE);
+  lmp_checknargs(L, 1);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CONSTANTS_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, new_weak_table(L)); /* a ref kept for the process */
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, CONSTANTS_KEY);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_settop(L, 1);
+  return 1;
+}
+
+void lmp__open_fncache(lua_State *L) {
+  lua_pushcfunction(L, l_constant);
+  lua_setfield(L, -2, "constant");
+}
+
+/* The entry this closure had at its last submit if its message is the same again (a memcmp is
+** much cheaper than hashing a big message), else NULL. */
+static lmp_fnent *last_if_same(lua_State *L, lmp_fncache *c, int idx, const lmp_buf *box) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->lasts);
+  lua_pushvalue(L, idx);
+  lmp_fnent *f = lua_rawget(L, -2) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+  lua_pop(L, 2);
+  if (f != NULL && (f->len != box->len || memcmp(f->msg, box->p, box->len) != 0)) f = NULL;
+  return f;
+}
+
+static void last_set(lua_State *L, lmp_fncache *c, int idx, lmp_fnent *f) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->lasts);
+  lua_pushvalue(L, idx);
+  lua_pushlightuserdata(L, f);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
 }
 
 void lmp_fncache_free(lmp_fncache *c) {
@@ -71,6 +133,7 @@ void lmp_fncache_free(lmp_fncache *c) {
 static int snap_value_ok(lua_State *L, int v, int rev) {
   int t = lua_type(L, v);
   if (t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING) return 1;
+  if (t == LUA_TTABLE && lmp_is_constant(L, v)) return 1; /* the user promised it stays */
   lua_pushvalue(L, v);
   int is_module = lua_rawget(L, rev) != LUA_TNIL;
   lua_pop(L, 1);
@@ -166,6 +229,11 @@ lmp_fnent *lmp_fncache_get(lua_State *L, lmp_fncache *c, int idx, int *forgot) {
   lmp_buf *box = &c->scratch; /* an encoding error leaves it partial: reset here */
   box->len = 0;
   lmp__encode_named(L, idx, box, NULL, "f");
+  int closure = lua_type(L, idx) == LUA_TFUNCTION && !lua_iscfunction(L, idx);
+  if (closure && (f = last_if_same(L, c, idx, box)) != NULL) {
+    f->refs++;
+    return f;
+  }
   uint64_t h = fnv1a(box->p, box->len);
   size_t slot = (size_t)h & (FNHASH - 1);
   while ((f = c->slot[slot]) != NULL) {
@@ -189,7 +257,10 @@ lmp_fnent *lmp_fncache_get(lua_State *L, lmp_fncache *c, int idx, int *forgot) {
     c->slot[slot] = f;
     c->n++;
   }
-  if (lua_type(L, idx) == LUA_TFUNCTION && !lua_iscfunction(L, idx)) snap_make(L, c, idx, f);
+  if (closure) {
+    snap_make(L, c, idx, f);
+    last_set(L, c, idx, f);
+  }
   f->refs++;
   return f;
 }

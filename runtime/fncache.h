@@ -26,6 +26,7 @@ typedef struct lmp_fncache {
   int n;                   /* entries */
   uint32_t next_id;
   int snaps;               /* registry ref: closure -> snapshot (weak keys) */
+  int lasts;               /* registry ref: closure -> its entry at the last submit (weak keys) */
   lmp_buf scratch;         /* encoding space */
 } lmp_fncache;
 
@@ -41,5 +42,9 @@ void lmp_fncache_free(lmp_fncache *c);
 lmp_fnent *lmp_fncache_get(lua_State *L, lmp_fncache *c, int idx, int *forgot);
 
 void lmp_fnent_release(lmp_fnent *f);
+
+/* 1 when the table at idx was given to mp.constant (its contents will not change). */
+int lmp_is_constant(lua_State *L, int idx);
+void lmp__open_fncache(lua_State *L);
 
 #endif

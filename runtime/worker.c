@@ -14,6 +14,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "bytes.h"
 #include "codec.h"
@@ -26,6 +29,7 @@
 #define OUT_SMALL (64u << 10)          /* the result buffer shrinks back to this after a big one */
 #define SPIN_AFTER 50e-6               /* after a task this quick, look for the next a moment */
 #define SPIN_FOR 30e-6
+#define BIG_MESSAGE (4u << 20)         /* a task or result this big is followed by a collection */
 
 typedef struct wstate {
   int fd;
@@ -38,6 +42,7 @@ typedef struct wstate {
   double last_task;  /* how long the last task ran (s) */
   int taskfds[LMP_FRAME_MAXFDS]; /* the running task's descriptors until its args are decoded */
   int ntaskfds;
+  int big;           /* the last task moved a big message */
 } wstate;
 
 /* ---- writing ---- */
@@ -333,6 +338,18 @@ static void do_task(lua_State *L, wstate *w, const lmp_frame *f) {
   w->range = -1;
   lua_settop(L, 0);
   fflush(stdout); /* what the task printed reaches the parent's stdout now */
+  if (f->n > BIG_MESSAGE || w->out.len > BIG_MESSAGE) w->big = 1;
+}
+
+/* After a task that moved a big message: give the memory back now rather than at some later
+** collection, so an idle worker stays small. */
+static void shrink_after_big(lua_State *L, wstate *w) {
+  if (!w->big) return;
+  w->big = 0;
+  lua_gc(L, LUA_GCCOLLECT);
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 /* The protected part of a task: decoding can raise (a bad message, a missing module). */
@@ -411,6 +428,8 @@ static int handle_frames(lua_State *L, wstate *w) {
       ** before it is out, so its crash can neither lose them nor be blamed on them */
       if (commit(w) != 0) return 1;
       if (handle_task(L, w, &f) != 0) _exit(71);
+      if (w->big && commit(w) != 0) return 1; /* the big result goes before memory is trimmed */
+      shrink_after_big(L, w);
       if (w->maxtasks > 0 && w->done >= w->maxtasks) return 1;
     } else {
       for (int i = 0; i < f.nfds; i++) close(f.fds[i]);

@@ -46,6 +46,7 @@ end
 
 -- Pool ---------------------------------------------------------------------------------------
 mp.Pool = pool.Pool
+mp.constant = core.constant -- a table lmp may send once and reuse (docs/api/pool.md)
 mp.AsyncResult = pool.AsyncResult
 for k, v in pairs(require "lmp.shared") do mp[k] = v end
 
