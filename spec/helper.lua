@@ -117,9 +117,9 @@ function H.cleanup()
 end
 
 --- Runs a Lua snippet with the lmp executable in a child bounded by `timeout -s KILL` (so a
---- hang fails the test instead of the suite); returns stdout, stderr, exit status (137 when
---- the bound killed it). opts: timeout (seconds, default 120), shell (commands run before, in
---- the same shell: `ulimit -n 40`...).
+--- hang fails the test instead of the suite); returns stdout, stderr, exit status (-signum when
+--- a signal killed it, -9 when the bound did). opts: timeout (seconds, default 120), shell
+--- (commands run before, in the same shell: `ulimit -n 40`...).
 function H.run_lmp(code, args, opts)
   opts = opts or {}
   local src = H.tmpname()
@@ -131,7 +131,8 @@ function H.run_lmp(code, args, opts)
     opts.shell and (opts.shell .. ";") or "", opts.timeout or 120,
     os.getenv("LMP_EXE") or "build/lmp", src, args or "", out, err)
   local ok, how, code_ = os.execute(cmd)
-  return H.slurp(out), H.slurp(err), (how == "exit") and code_ or 128 + code_
+  if how == "exit" and code_ > 128 then code_, how = code_ - 128, "signal" end
+  return H.slurp(out), H.slurp(err), (how == "exit") and code_ or -code_
 end
 
 return H
