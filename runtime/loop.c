@@ -524,20 +524,24 @@ void lmp__open_loop(lua_State *L) {
 
 /* ---- the embedding entries (lmp.h) ---- */
 
+/* Protected: require("lmp").poll() -> the number of callbacks that ran. */
+static int ppoll(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lmp");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "poll");
+  lua_call(L, 0, 1);
+  return 1;
+}
+
 int lmp_poll(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, LOOP_KEY);
   int loaded = lua_touserdata(L, -1) != NULL;
   lua_pop(L, 1);
   if (!loaded) return -1;
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "lmp");
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    return -1;
-  }
-  lua_getfield(L, -1, "poll");
-  lua_remove(L, -2);
-  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+  lua_pushcfunction(L, ppoll);
+  if (lmp_pcall_traceback(L, 0, 1) != LUA_OK) { /* a host cannot catch it: say what it was */
+    fprintf(stderr, "lmp: lmp_poll failed: %s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
     return -1;
   }

@@ -2,9 +2,6 @@
 ** util.c — small shared pieces: byte buffers, fd vectors, error objects, clocks, owned fds,
 ** and the module functions that need nothing else (cpu_count, getpid, time...).
 */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
