@@ -525,7 +525,7 @@ void lmp__open_loop(lua_State *L) {
 /* ---- the embedding entries (lmp.h) ---- */
 
 /* Protected: require("lmp").poll() -> the number of callbacks that ran. */
-static int ppoll(lua_State *L) {
+static int prun_poll(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lmp");
   lua_call(L, 1, 1);
@@ -539,7 +539,7 @@ int lmp_poll(lua_State *L) {
   int loaded = lua_touserdata(L, -1) != NULL;
   lua_pop(L, 1);
   if (!loaded) return -1;
-  lua_pushcfunction(L, ppoll);
+  lua_pushcfunction(L, prun_poll);
   if (lmp_pcall_traceback(L, 0, 1) != LUA_OK) { /* a host cannot catch it: say what it was */
     fprintf(stderr, "lmp: lmp_poll failed: %s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
