@@ -358,6 +358,15 @@ static int ptask(lua_State *L) {
   return 0;
 }
 
+/* Protected: loads the function a TASK frame carries into the cache, without running it. */
+static int plearn(lua_State *L) {
+  const lmp_frame *f = lua_touserdata(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, FCACHE);
+  lmp_decode(L, f->p + TASK_HEAD, (size_t)lmp_get_le64(f->p + 13), NULL, 0);
+  lua_rawseti(L, -2, lmp_get_le32(f->p + 9));
+  return 0;
+}
+
 /* Runs the TASK frame f unless the parent withdrew it. Returns -1 when the frame is malformed. */
 static int handle_task(lua_State *L, wstate *w, const lmp_frame *f) {
   memcpy(w->taskfds, f->fds, sizeof(int) * (size_t)f->nfds);
@@ -367,7 +376,14 @@ static int handle_task(lua_State *L, wstate *w, const lmp_frame *f) {
     return -1;
   }
   if (w->ring != NULL && !lmp_claim_start(w->ring, lmp_get_le32(f->p + 21))) {
-    close_taskfds(w); /* withdrawn: the parent forgot it, nothing is sent back */
+    /* withdrawn: the parent forgot it and nothing is sent back — but a function it carried is
+    ** known here from now on, as far as the parent is concerned */
+    close_taskfds(w);
+    if (lmp_get_le64(f->p + 13) > 0) {
+      lua_pushcfunction(L, plearn);
+      lua_pushlightuserdata(L, (void *)f);
+      if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* the next task says it is missing */
+    }
     return 0;
   }
   uint64_t id = lmp_get_le64(f->p);

@@ -592,7 +592,7 @@ describe("mp.Pool", function()
       for _, cs in ipairs { 1, 3, 4, 10 } do
         local err = pcall_err(pool.map, pool, f, seq, cs)
         assert.is_true(mp.iserror(err, "RemoteError"))
-        assert.are.equal(7, err.index, "chunksize " .. cs)
+        assert.are.equal(7, err.index, "chunksize " .. cs .. ": " .. tostring(err))
       end
       local err = pcall_err(pool.starmap, pool, function(a, b)
         if a == 2 then error("two") end

@@ -162,6 +162,22 @@ describe("a pool users can trust", function()
     end)
   end)
 
+  it("a function that first travelled in a withdrawn task still reaches its worker", function()
+    local pool <close> = mp.Pool(2)
+    local f = function(x) if x == "stop" then error("stop here") end return x end
+    local seq, bad = {}, {}
+    for i = 1, 64 do seq[i], bad[i] = i, i == 3 and "stop" or i end
+    for round = 1, 100 do
+      -- odd rounds stop at item 3 once the windows filled, withdrawing tasks that carried f
+      local ok, e = pcall(pool.map, pool, f, round % 2 == 1 and bad or seq, 1)
+      if round % 2 == 1 then
+        assert.is_true(mp.iserror(e, "RemoteError") and e.index == 3, tostring(e))
+      else
+        assert.is_true(ok, tostring(e))
+      end
+    end
+  end)
+
   describe("timeouts follow one rule", function()
     it("math.huge and 1e300 wait without limit; 0 and negative look once; NaN is an error", function()
       local pool <close> = mp.Pool(1)
