@@ -27,6 +27,7 @@ int lmp_buf_reserve(lmp_buf *b, size_t n) {
 }
 
 int lmp_buf_add(lmp_buf *b, const void *s, size_t n) {
+  if (n == 0) return 0;
   if (lmp_buf_reserve(b, n) != 0) return -1;
   memcpy(b->p + b->len, s, n);
   b->len += n;

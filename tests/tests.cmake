@@ -28,6 +28,7 @@ set(LMP_TEST_ENV
 # instrumented) in the sanitizer build.
 if(LMP_SANITIZE)
   set(LMP_SPEC_INTERP $<TARGET_FILE:lmp_exe>)
+  list(APPEND LMP_TEST_ENV "LMP_SANITIZED=1")
 else()
   set(LMP_SPEC_INTERP ${LUA_EXE})
 endif()
