@@ -216,6 +216,35 @@ out:
   return f;
 }
 
+lmp_fnent *lmp_fncache_raw(lua_State *L, lmp_fncache *c, const char *msg, size_t len, int *forgot) {
+  uint64_t h = fnv1a(msg, len);
+  size_t slot = (size_t)h & (FNHASH - 1);
+  lmp_fnent *f;
+  while ((f = c->slot[slot]) != NULL) {
+    if (f->hash == h && f->len == len && memcmp(f->msg, msg, len) == 0) break;
+    slot = (slot + 1) & (FNHASH - 1);
+  }
+  if (f == NULL) {
+    if (c->n >= FNCACHE_MAX) {
+      fncache_clear(L, c);
+      *forgot = 1;
+      slot = (size_t)h & (FNHASH - 1);
+    }
+    f = malloc(sizeof *f + len);
+    if (f == NULL) luaL_error(L, "not enough memory");
+    f->hash = h;
+    f->id = ++c->next_id;
+    f->refs = 1; /* the cache's */
+    f->avg = 0;
+    f->len = len;
+    memcpy(f->msg, msg, len);
+    c->slot[slot] = f;
+    c->n++;
+  }
+  f->refs++;
+  return f;
+}
+
 /* Unless its snapshot says nothing changed, the
 ** closure is encoded and looked up by content: the same code with the same upvalues and
 ** captured globals is the same entry (even as a new closure object), a changed upvalue makes

@@ -41,6 +41,10 @@ void lmp_fncache_free(lmp_fncache *c);
 ** SerializationError when the closure cannot be encoded. */
 lmp_fnent *lmp_fncache_get(lua_State *L, lmp_fncache *c, int idx, int *forgot);
 
+/* The entry for a function message given as bytes (already encoded elsewhere), with a
+** reference taken for the caller; *forgot as for lmp_fncache_get. */
+lmp_fnent *lmp_fncache_raw(lua_State *L, lmp_fncache *c, const char *msg, size_t len, int *forgot);
+
 void lmp_fnent_release(lmp_fnent *f);
 
 /* 1 when the table at idx was given to mp.constant (its contents will not change). */

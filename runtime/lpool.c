@@ -126,6 +126,32 @@ static int l_apply(lua_State *L) {
   return 1;
 }
 
+/* apply_raw(kind, fnmsg, argsmsg, timeout, callback) -> AsyncResult: a task given as codec
+** messages encoded elsewhere (the Redis worker's, see cluster.lua); callback(status, message,
+** index) gets its outcome undecoded. */
+static int l_apply_raw(lua_State *L) {
+  lmp_pool *p = checkpool(L);
+  check_running(L, p, "apply_raw");
+  int kind = (int)lmp_checkinteger(L, 2);
+  size_t fnlen, arglen;
+  const char *fn = lmp_checklstring(L, 3, &fnlen), *args = lmp_checklstring(L, 4, &arglen);
+  lmp_checktype(L, 6, LUA_TFUNCTION);
+  lua_settop(L, 6);
+  lmp_call *c = lmp_call_push(L, p, 1, CALL_RAW, 6, 7, 7);
+  int res = lua_gettop(L);
+  c->timeout = opt_number(L, 5);
+  int forgot = 0;
+  lmp_fnent *f = lmp_fncache_raw(L, &p->fns, fn, fnlen, &forgot);
+  if (forgot && p->backend) p->backend->ops->forget(p->backend);
+  ptask *t = lmp_pool_task_raw(p, c, kind == K_APPLY || kind == K_STARMAP ? kind : K_MAP, f, args,
+                               arglen);
+  if (t == NULL) return luaL_error(L, "not enough memory");
+  lmp_call_register(L, c, res);
+  lmp_pool_submit(L, p, t);
+  lua_settop(L, res);
+  return 1;
+}
+
 typedef struct chunking {
   lmp_pool *p;
   lmp_call *c;
@@ -254,6 +280,7 @@ void lmp__open_pool(lua_State *L) {
                                        {"imap", l_imap},     {"close", l_close},
                                        {"terminate", l_terminate}, {"join", l_join},
                                        {"stats", l_stats},   {"state", l_state},
+                                       {"apply_raw", l_apply_raw},
                                        {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");

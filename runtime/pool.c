@@ -30,6 +30,7 @@ struct lmp_fdshare {
 
 static void on_check(uv_check_t *h);
 static void on_idle(uv_idle_t *h);
+static void task_init(lmp_pool *p, ptask *t, lmp_call *c, int kind, lmp_fnent *f);
 static void on_timer(uv_timer_t *h);
 
 /* ---- shared descriptors ---- */
@@ -365,19 +366,48 @@ ptask *lmp_pool_task(lua_State *L, lmp_pool *p, lmp_call *c, int kind, lmp_fnent
     task_free(t);
     lmp_raise(L, "SerializationError", "%s: cannot share a descriptor: %s", root, strerror(e));
   }
+  task_init(p, t, c, kind, f);
+  if (count >= 0) {
+    t->start = first;
+    t->count = (uint32_t)count;
+  }
+  return t;
+}
+
+/* Links a new task to its call and gives it its defaults. */
+static void task_init(lmp_pool *p, ptask *t, lmp_call *c, int kind, lmp_fnent *f) {
+  t->pool = p;
+  t->refs = 1;
+  t->t.fn = f;
   t->t.id = ++p->next_id;
   t->t.kind = (uint8_t)kind;
   t->t.timeout = c->timeout > 0 ? c->timeout : p->task_timeout;
   t->retries = p->retries;
   t->call = c;
-  t->avg = c->kind == CALL_APPLY ? &f->avg : &c->avg;
+  t->avg = c->kind == CALL_MAP || c->kind == CALL_IMAP ? &c->avg : &f->avg;
   t->t.avg = t->avg;
-  t->start = count >= 0 ? first : 1;
-  t->count = count >= 0 ? (uint32_t)count : 1;
+  t->start = 1;
+  t->count = 1;
   t->cnext = c->tasks;
   if (c->tasks) c->tasks->cprev = t;
   c->tasks = t;
   c->ntasks++;
+}
+
+ptask *lmp_pool_task_raw(lmp_pool *p, lmp_call *c, int kind, lmp_fnent *f, const char *args,
+                         size_t arglen) {
+  ptask *t = calloc(1, sizeof *t);
+  char *a = t ? malloc(arglen ? arglen : 1) : NULL;
+  if (a == NULL) {
+    free(t);
+    lmp_fnent_release(f);
+    return NULL;
+  }
+  memcpy(a, args, arglen);
+  t->argbuf = a;
+  t->t.args = a;
+  t->t.arglen = arglen;
+  task_init(p, t, c, kind, f);
   return t;
 }
 

@@ -27,7 +27,7 @@
 
 enum { P_RUN, P_CLOSE, P_TERMINATE };
 enum { T_QUEUED, T_OUT, T_SETTLED };
-enum { CALL_APPLY, CALL_MAP, CALL_IMAP };
+enum { CALL_APPLY, CALL_MAP, CALL_IMAP, CALL_RAW }; /* RAW: an apply of encoded messages */
 enum { CALL_PENDING, CALL_OK, CALL_FAILED };
 enum { STOP_WITHDRAW, STOP_DROP, STOP_KILL }; /* how lmp_pool_stop_call stops a call's work */
 
@@ -137,6 +137,10 @@ void lmp_pool_destroy(lua_State *L, lmp_pool *p);
 ** shared). Raises SerializationError naming root when they cannot be encoded. */
 ptask *lmp_pool_task(lua_State *L, lmp_pool *p, lmp_call *c, int kind, lmp_fnent *f, int argidx,
                      int64_t first, int64_t count, const char *root);
+/* Makes a task of call c from messages already encoded: the function entry f (a reference is
+** taken) and the arguments' message (copied). */
+ptask *lmp_pool_task_raw(lmp_pool *p, lmp_call *c, int kind, lmp_fnent *f, const char *args,
+                         size_t arglen);
 /* Queues task t and hands out what the backend can take. */
 void lmp_pool_submit(lua_State *L, lmp_pool *p, ptask *t);
 

@@ -270,6 +270,18 @@ static void deliver_imap(lua_State *L, lmp_call *c, int ud, ptask *t) {
   report_progress(L, c, ud);
 }
 
+/* A raw call hands its callback the outcome as it came: callback(status, message, index), status
+** RES_* or -1 - LOST_*, message the result's codec message or the loss's description. */
+static void deliver_raw(lua_State *L, lmp_call *c, int ud, ptask *t) {
+  outcome *o = &t->out;
+  c->state = CALL_OK;
+  lua_pushinteger(L, o->status);
+  if (o->status >= 0) lua_pushlstring(L, o->msg, o->n);
+  else lua_pushstring(L, o->why ? o->why : "the task's worker was lost");
+  lua_pushinteger(L, (lua_Integer)o->index);
+  run_callback(L, ud, RV_CALLBACK, 3, "callback");
+}
+
 int lmp_call_deliver(lua_State *L) {
   ptask *t = lua_touserdata(L, 1);
   lmp_call *c = t->call;
@@ -277,6 +289,10 @@ int lmp_call_deliver(lua_State *L) {
   lmp_call_push_ud(L, c);
   if (lua_isnil(L, -1)) return 0;
   int ud = lua_gettop(L);
+  if (c->kind == CALL_RAW) {
+    deliver_raw(L, c, ud, t);
+    return 0;
+  }
   if (t->out.status != RES_OK) {
     push_failure(L, t);
     if (c->kind == CALL_IMAP) imap_keep_error(L, c, ud, t->start + t->out.index);
@@ -361,6 +377,14 @@ static int push_outcome(lua_State *L, lmp_call *c, int ud, int level) {
   luaL_checkstack(L, (int)n, "too many results");
   for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, t, i);
   return (int)n;
+}
+
+/* _stop(): stops the result's work now, killing the workers running its tasks (for `lmp worker`,
+** which stops tasks that their pool cancelled). */
+static int r_stop(lua_State *L) {
+  lmp_call *c = check_result(L, 1);
+  if (!c->stopped) lmp_pool_stop_call(L, c->pool, c, STOP_KILL);
+  return 0;
 }
 
 /* get([timeout]) -> the task's values; raises its error, or TimeoutError. */
@@ -609,6 +633,7 @@ void lmp__open_pool_calls(lua_State *L) {
   static const luaL_Reg methods[] = {{"get", r_get},         {"wait", r_wait},
                                      {"ready", r_ready},     {"successful", r_successful},
                                      {"cancel", r_cancel},   {"_get", r_get_for},
+                                     {"_stop", r_stop},
                                      {NULL, NULL}};
   luaL_newmetatable(L, CALL_MT);
   luaL_newlib(L, methods);
