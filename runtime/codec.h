@@ -51,6 +51,10 @@ enum {
 #define CODEC_ENVMT "lmp.codec.envmt"       /* {__index = _G, __newindex = _G}, shared */
 #define CODEC_REVMAP "lmp.codec.revmap"     /* value -> "module" / "module\0field" */
 
+/* Signs a message that was authenticated by other means (a cluster HMAC) for this process: a
+** message that carries functions then decodes here. */
+void lmp__codec_resign(char *msg, size_t n);
+
 /* The per-process secret that function records must carry. */
 uint64_t lmp__codec_secret(void);
 void lmp__codec_set_secret(uint64_t s);

@@ -10,6 +10,7 @@
 #include "lmp_int.h"
 #include "fncache.h"
 #include "redis.h"
+#include "clusterkey.h"
 
 int luaopen_lmp_core(lua_State *L) {
   lua_newtable(L);
@@ -21,6 +22,7 @@ int luaopen_lmp_core(lua_State *L) {
   lmp__open_pool(L);
   lmp__open_fncache(L);
   lmp__open_redis(L);
+  lmp__open_clusterkey(L);
   lmp__open_shm(L);
   lua_pushliteral(L, LMP_VERSION);
   lua_setfield(L, -2, "version");

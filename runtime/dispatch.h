@@ -27,7 +27,8 @@ enum {
   LOST_TIMEOUT,  /* the pool stopped it: overdue (lmp_backend_ops.stop) */
   LOST_STOPPED,  /* the pool stopped it: its call was stopped (Ctrl-C, imap break) */
   LOST_TERMINATED, /* the pool was terminated */
-  LOST_BROKEN    /* the workers cannot start (an initializer that fails) */
+  LOST_BROKEN,   /* the workers cannot start (an initializer that fails) */
+  LOST_BACKEND   /* what runs the tasks is gone for good (Redis went away) */
 };
 
 typedef struct lmp_fdshare lmp_fdshare; /* a descriptor shared by the tasks that send it */
@@ -107,6 +108,13 @@ void lmp_pool_worker_ready(lmp_pool *p);
 /* A worker died before it was ready; returns 1 when the pool now counts as broken (then the
 ** backend starts no more workers). exited: it exited with a status (rather than a signal). */
 int lmp_pool_worker_failed(lmp_pool *p, int exited, const char *why, pid_t pid, int code);
+
+/* The backend cannot run anything any more (why says what happened): queued tasks fail with
+** ProcessError and new calls raise it. */
+void lmp_pool_backend_failed(lmp_pool *p, const char *why);
+
+/* How many times the task may still be run again after its worker died. */
+int lmp_pool_task_retries(const lmp_task *t);
 
 /* 1 while the pool runs (neither closed nor terminated), 2 when closed, 0 when terminated. */
 int lmp_pool_accepting(lmp_pool *p);

@@ -114,6 +114,32 @@ static void claim_sigchld(void) {
   chld_owner = getpid();
 }
 
+/* ---- SIGTERM, for servers that drain (`lmp worker`): a flag and a wake-up ---- */
+
+static volatile sig_atomic_t term_seen;
+
+static void on_sigterm(int sig) {
+  (void)sig;
+  term_seen = 1;
+  uv_async_t *a = wake_async;
+  if (a != NULL) uv_async_send(a);
+}
+
+/* catch_sigterm(): SIGTERM no longer kills this process; sigterm_seen() tells it came. */
+static int l_catch_sigterm(lua_State *L) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigterm;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  return 0;
+}
+
+static int l_sigterm_seen(lua_State *L) {
+  lua_pushboolean(L, term_seen);
+  return 1;
+}
+
 /* ---- the loop object ---- */
 
 static void on_wake(uv_async_t *a) { (void)a; }
@@ -515,6 +541,8 @@ void lmp__open_loop(lua_State *L) {
                                  {"wait_event", l_wait_event},
                                  {"backend_fd", l_backend_fd},
                                  {"icall", l_icall},
+                                 {"catch_sigterm", l_catch_sigterm},
+                                 {"sigterm_seen", l_sigterm_seen},
                                  {"readline", l_readline},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);

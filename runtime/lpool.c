@@ -7,6 +7,7 @@
 */
 #include <string.h>
 
+#include "broker.h"
 #include "pool.h"
 
 #define POOLS_KEY "lmp.pools" /* weak values: C pool -> its core userdata */
@@ -44,6 +45,7 @@ static void check_running(lua_State *L, lmp_pool *p, const char *fname) {
   if (p->state != P_RUN)
     lmp_raise(L, "ValueError", "Pool not running (%s after %s)", fname,
               p->state == P_CLOSE ? "close()" : "terminate()");
+  if (p->broken == 2) lmp_raise(L, "ProcessError", "pool is broken: %s", p->broken_why);
   if (p->broken)
     lmp_raise(L, "ProcessError",
               "pool is broken: its workers die before they are ready (does the initializer fail?)");
@@ -103,7 +105,16 @@ static int l_pool_new(lua_State *L) {
   lua_pop(L, 1);
   p->retries = (int)field_integer(L, 1, "retries", 0);
   long maxtasks = (long)field_integer(L, 1, "maxtasks", 0);
-  p->backend = lmp_workers_start(L, p, n, init, initlen, maxtasks);
+  if (lua_getfield(L, 1, "backend") == LUA_TSTRING) { /* a broker: Redis */
+    size_t keylen;
+    lua_getfield(L, 1, "key");
+    const char *key = lua_tolstring(L, -1, &keylen);
+    if (key == NULL) return lmp_argerror(L, 1, "TypeError", "key must be a string");
+    lua_getfield(L, 1, "retry_window");
+    p->backend = lmp_broker_start(L, p, lua_tostring(L, -3), key, keylen, opt_number(L, -1));
+  } else {
+    p->backend = lmp_workers_start(L, p, n, init, initlen, maxtasks);
+  }
   lua_pushvalue(L, core);
   return 1;
 }

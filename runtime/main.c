@@ -203,10 +203,35 @@ static int repl(lua_State *L) {
   return report(L, docall(L, 0, 0));
 }
 
+/* `lmp worker URL ...` and `lmp status URL`: lmp.cluster's commands; returns the exit status. */
+static int cluster_command(lua_State *L, int argc, char **argv) {
+  luaL_openlibs(L);
+  lmp_preload(L);
+  luaL_requiref(L, "lmp.core", luaopen_lmp_core, 0);
+  lua_getfield(L, -1, "icall");
+  lua_setfield(L, LUA_REGISTRYINDEX, "lmp.icall");
+  lua_pop(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lmp.cluster");
+  if (docall(L, 1, 1) != LUA_OK) return report(L, LUA_ERRRUN), 1;
+  lua_getfield(L, -1, argv[1]);
+  lua_createtable(L, argc - 2, 0);
+  for (int i = 2; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - 1);
+  }
+  if (docall(L, 1, 1) != LUA_OK) return report(L, LUA_ERRRUN), 1;
+  return (int)luaL_optinteger(L, -1, 0);
+}
+
 /* Everything runs here, protected. */
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
+  if (argc >= 2 && (strcmp(argv[1], "worker") == 0 || strcmp(argv[1], "status") == 0)) {
+    lua_pushinteger(L, cluster_command(L, argc, argv));
+    return 1;
+  }
   int script = argc;
   int flags = collectargs(argv, &script);
   luaL_checkversion(L);
@@ -264,8 +289,10 @@ int main(int argc, char **argv) {
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
   int status = lua_pcall(L, 2, 1, 0);
+  int code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : -1; /* a command's own status */
   int ok = lua_toboolean(L, -1);
   report(L, status);
   lua_close(L);
+  if (status == LUA_OK && code >= 0) return code;
   return (ok && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -6,6 +6,7 @@
 ** delivered to Lua (decoding, callbacks) from the check phase, when no I/O is under way.
 */
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,6 +275,15 @@ int lmp_pool_worker_failed(lmp_pool *p, int exited, const char *why, pid_t pid, 
   fail_queue(p, LOST_BROKEN, "pool workers die before they are ready (does the initializer fail?)");
   return 1;
 }
+
+void lmp_pool_backend_failed(lmp_pool *p, const char *why) {
+  if (p->broken) return;
+  p->broken = 2;
+  snprintf(p->broken_why, sizeof p->broken_why, "%s", why);
+  fail_queue(p, LOST_BACKEND, why);
+}
+
+int lmp_pool_task_retries(const lmp_task *t) { return ((const ptask *)t)->retries; }
 
 int lmp_pool_accepting(lmp_pool *p) {
   return p->state == P_RUN ? 1 : p->state == P_CLOSE ? 2 : 0;

@@ -114,7 +114,8 @@ typedef struct lmp_pool {
   double task_timeout;     /* defaults for tasks */
   int retries;
   ptask *timed;            /* started tasks with a timeout */
-  int init_failures, broken;
+  int init_failures, broken; /* broken: 1 workers cannot start, 2 the backend failed */
+  char broken_why[256];
   int dead;                /* the Lua object is gone: freed once handles are closed */
   int closes;              /* handles still closing */
   int delivering;

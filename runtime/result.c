@@ -188,7 +188,8 @@ static void push_failure(lua_State *L, ptask *t) {
     lua_settop(L, info);
   } else {
     int reason = -1 - o->status;
-    lmp_error_push(L, reason == LOST_TIMEOUT ? "TimeoutError" : "WorkerLostError",
+    lmp_error_push(L, reason == LOST_TIMEOUT ? "TimeoutError"
+                      : reason == LOST_BACKEND ? "ProcessError" : "WorkerLostError",
                    o->why ? o->why : "the task's worker was lost");
     if (reason != LOST_TIMEOUT && o->pid > 0) {
       lua_pushinteger(L, o->code);

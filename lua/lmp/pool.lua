@@ -70,8 +70,31 @@ end
 
 -- mp.Pool ----------------------------------------------------------------------------------------
 
+-- A pool on Redis (docs/cluster.md): its address and the cluster key. Workers there run their
+-- own start-up, so the options about starting local workers do not apply.
+local function backend_spec(opts, spec)
+  if type(opts.backend) ~= "string" then
+    errors.typeerror("Pool", "backend", "a redis:// or unix:// address", opts.backend, 1)
+  end
+  if not (opts.backend:match("^redis://") or opts.backend:match("^unix://")) then
+    errors.valueerror("Pool", "backend must be a redis:// or unix:// address, got " ..
+      errors.describe(opts.backend), 1)
+  end
+  for _, k in ipairs { "initializer", "initargs", "maxtasksperchild" } do
+    if opts[k] ~= nil then
+      errors.valueerror("Pool", k .. " does not apply to a Redis backend (workers start with `lmp worker`)", 1)
+    end
+  end
+  local key, why = opts.key, nil
+  if key == nil then key, why = require("lmp.cluster").read_key(opts.key_file) end
+  if type(key) ~= "string" then errors.valueerror("Pool", why or "key must be a string", 1) end
+  if #key < 16 then errors.valueerror("Pool", "the cluster key must have at least 16 bytes", 1) end
+  if opts.retry_window ~= nil then task_timeout(opts.retry_window, "Pool", "retry_window") end
+  spec.backend, spec.key, spec.retry_window = opts.backend, key, opts.retry_window
+end
+
 local POOL_OPTIONS = set { "processes", "initializer", "initargs", "maxtasksperchild",
-  "task_timeout", "retries" }
+  "task_timeout", "retries", "backend", "key", "key_file", "retry_window" }
 
 --- mp.Pool([n]) or mp.Pool{processes=, initializer=, initargs=, maxtasksperchild=,
 --- task_timeout=, retries=}
@@ -98,9 +121,11 @@ function M.Pool(opts, ...)
   elseif retries < 0 then errors.valueerror("Pool", "retries must be >= 0, got " .. retries) end
   local init = core.encode({ initializer = opts.initializer, initargs = opts.initargs or NOARGS },
     "initializer")
-  local c = core.pool_new { processes = n, init = init, maxtasks = maxtasks or 0,
-                            task_timeout = timeout, retries = retries }
-  return setmetatable({ _core = c, processes = n }, Pool)
+  local spec = { processes = n, init = init, maxtasks = maxtasks or 0, task_timeout = timeout,
+                 retries = retries }
+  if opts.backend ~= nil then backend_spec(opts, spec) end
+  local c = core.pool_new(spec)
+  return setmetatable({ _core = c, processes = n, backend = opts.backend }, Pool)
 end
 
 -- The state as C keeps it: "RUN", "CLOSE" or "TERMINATE".
