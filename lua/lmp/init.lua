@@ -48,6 +48,7 @@ end
 mp.Pool = pool.Pool
 mp.AsyncResult = pool.AsyncResult
 for k, v in pairs(require "lmp.shared") do mp[k] = v end
+mp.Manager = require("lmp.manager").Manager
 
 -- The event loop, for hosts ------------------------------------------------------------------
 
