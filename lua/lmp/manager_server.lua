@@ -247,6 +247,7 @@ end
 -- The dispatcher -----------------------------------------------------------------------------
 
 local D = {}
+S.D = D
 local ctx = { cid = 0, seq = 0, park = false } -- the request being served (one at a time)
 local OPS = {}
 
