@@ -171,7 +171,20 @@ function M.connect(address, authkey, ...)
   return setmetatable({ address = canonical, authkey = authkey, pid = info.pid, _types = names }, Manager)
 end
 
-M.Manager = setmetatable({ connect = M.connect }, {
+--- mp.Manager.server_object(kind, ...): in a server process (a custom type's constructor or
+--- method, a Barrier action), makes an object of kind ("Queue", "dict"... or a custom type)
+--- there and returns a reference to it: its methods run at once (they cannot wait), and a
+--- constructor or method that returns it gives the client a proxy of it. A constructor that
+--- keeps one in an upvalue shares one object among everyone who calls the factory.
+function M.server_object(kind, ...)
+  local S = package.loaded["lmp.manager_server"]
+  if not (S and S.serving()) then
+    errors.raise("ValueError", "Manager.server_object: only code running in a manager's server can make its objects")
+  end
+  return S.create(kind, S.LOCAL, ...)
+end
+
+M.Manager = setmetatable({ connect = M.connect, server_object = M.server_object }, {
   __call = function(_, ...) return start(...) end,
   __name = "lmp.ManagerFactory",
 })

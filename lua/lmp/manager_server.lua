@@ -357,6 +357,7 @@ function S.create(kind, ...)
   local t = TYPES[kind]
   if not t then errors.raise("ValueError", ("Manager: no type '%s'"):format(tostring(kind))) end
   local obj = t.new(...)
+  if getmetatable(obj) == Ref then return obj end -- a custom constructor sharing an object
   next_id = next_id + 1
   obj.id, obj.kind, obj.refs, obj.methods = next_id, kind, 0, t.methods
   objects[next_id] = obj
@@ -483,6 +484,9 @@ require("lmp.manager_sync")(S)
 local function add_custom_types(types)
   for name, spec in pairs(types or {}) do S.custom_type(name, spec) end
 end
+
+--- True in a server process while it serves.
+function S.serving() return srv ~= nil end
 
 --- The server's main (mode "manager"): returns the exit code.
 function S.serve(payload)

@@ -482,6 +482,7 @@ return function(S)
     end })
     t.new = function(_, ...)
       local obj = new(...)
+      if S.is_ref(obj) then return obj end -- an object of the server, shared (server_object)
       if type(obj) ~= "table" and type(obj) ~= "userdata" then
         errors.raise("TypeError", ("Manager:%s: the constructor returned %s, not an object"):format(name, errors.describe(obj)))
       end
