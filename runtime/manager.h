@@ -1,7 +1,8 @@
 /*
 ** manager.h — the Manager's transport, shared by manager_wire.c (frames, sockets, the HMAC
 ** handshake), manager_client.c (a process's connection to a server) and manager_server.c
-** (the server's event loop). Not part of the public API; the protocol is in docs/design.md.
+** (the server's event loop). Not part of the public API; the protocol is described in
+** docs/api/manager.md ("How it works").
 */
 #ifndef LMP_MANAGER_H
 #define LMP_MANAGER_H

@@ -670,6 +670,22 @@ describe("Manager", function()
       b:close()
     end)
 
+    it("the manager object itself: its factories work in the process it is sent to", function()
+      local m = Manager()
+      local q = m:Queue()
+      local p = mp.Process(function(m, q)
+        q:put(m:dict { made = "in the child" })
+        os.exit(pcall(m.shutdown, m) and 1 or 0) -- not the owner there
+      end, { m, q })
+      p:start()
+      assert.are.same({ q }, mp.wait({ q }, 10))
+      assert.are.equal("in the child", q:get().made)
+      assert.are.equal(0, p:join(10))
+      local d = m:dict { x = 1 }
+      d.self = d
+      assert.matches("^{x = 1, self = <lmp%.DictProxy #%d+ at .+>}$", tostring(d))
+    end)
+
     it("a proxy of one manager stored in another reads back as a proxy of the first", function()
       local m1, m2 = Manager(), Manager()
       local d1 = m1:dict { x = 1 }

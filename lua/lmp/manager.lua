@@ -58,12 +58,15 @@ function Manager:shutdown()
   end
   if rawget(self, "_down") then return end
   rawset(self, "_down", true)
+  -- asked to stop (it answers what it was asked first); a server that does not (stuck in a
+  -- custom method) is terminated, then killed: shutdown never hangs
   local c = P.existing(self.address)
-  if c then pcall(c.call, c, 0, 0, "shutdown") end
+  if c then c:send(0, "shutdown") end
   P.forget(self.address, "it was shut down")
-  local code = core.join(self.pid, 5)
-  if code == nil then
-    core.signal(self.pid, core.signals.SIGKILL)
+  local code = core.join(self.pid, c and 3 or 0)
+  for _, sig in ipairs { "SIGTERM", "SIGKILL" } do
+    if code ~= nil then break end
+    core.signal(self.pid, core.signals[sig])
     code = core.join(self.pid, 5)
   end
   pcall(core.forget, self.pid)

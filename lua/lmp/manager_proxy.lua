@@ -162,9 +162,16 @@ local function key_repr(k, repr)
   return "[" .. repr(k, 9) .. "]"
 end
 
+local function describe(p)
+  local s = p[K]
+  return ("<%s #%d at %s>"):format(getmetatable(p).__name, s.id, s.addr)
+end
+
+-- A short text for v: proxies inside are described, not fetched (a dict may hold itself).
 local function repr(v, depth)
   local t = type(v)
   if t == "string" then return (("%q"):format(v):gsub("\\\n", "\\n")) end
+  if t == "table" and rawget(v, K) then return describe(v) end
   if t ~= "table" or getmetatable(v) ~= nil then return tostring(v) end
   depth = depth or 0
   if depth > 3 then return "{...}" end
@@ -181,11 +188,6 @@ local function repr(v, depth)
   return "{" .. table.concat(out, ", ") .. "}"
 end
 M.repr = repr
-
-local function describe(p)
-  local s = p[K]
-  return ("<%s #%d at %s>"):format(getmetatable(p).__name, s.id, s.addr)
-end
 
 -- Classes -------------------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ local queue_m = {
   empty = function(q) return call(q, "empty") end,
   full = function(q) return call(q, "full") end,
   close = function(q) q[K].closed = true end, -- this proxy only, like mp.Queue's close
+  _ready = function(q) return not call(q, "empty") end, -- for mp.wait
   join_thread = function() end,
   cancel_join_thread = function() end,
 }

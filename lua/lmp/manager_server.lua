@@ -394,7 +394,6 @@ end
 
 function OPS.shutdown()
   srv:stop()
-  return true
 end
 
 function OPS.hold(_, c, token, id)
