@@ -53,6 +53,7 @@ static const char *encoding_for;
 
 static mconn *check_conn(lua_State *L, int idx) { return luaL_checkudata(L, idx, CONN_MT); }
 
+/* Closes the socket and frees the buffers (idempotent); the userdata stays. */
 static void conn_close(mconn *c) {
   if (c->fd >= 0) {
     lmp_fd_disown(c->fd);
@@ -190,6 +191,7 @@ static uint32_t le32(const char *p) {
   return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
 }
 
+/* 1 (and forgets it) when nobody waits for the reply to seq any more. */
 static int is_dropped(mconn *c, uint32_t seq) {
   for (int i = 0; i < c->n_dropped; i++)
     if (c->dropped[i] == seq) {
@@ -199,6 +201,7 @@ static int is_dropped(mconn *c, uint32_t seq) {
   return 0;
 }
 
+/* The reply to seq will be dropped when it comes (its caller was interrupted). */
 static void drop_later(mconn *c, uint32_t seq) {
   if (c->n_dropped == 32) memmove(c->dropped, c->dropped + 1, 31 * sizeof c->dropped[0]), c->n_dropped--;
   c->dropped[c->n_dropped++] = seq;
@@ -257,6 +260,7 @@ static ssize_t read_some(mconn *c) {
   return r;
 }
 
+/* wait_fd_protected(fd): waits in the loop until fd is readable (called protected). */
 static int wait_fd_protected(lua_State *L) {
   int fd = (int)lua_tointeger(L, 1);
   lmp_wait_fd(L, fd, 0, -1);
@@ -530,6 +534,7 @@ static int l_encoding(lua_State *L) {
   return 1;
 }
 
+/* Adds mgr_connect and mgr_encoding to lmp.core and makes the connection class. */
 void lmp__open_manager_client(lua_State *L) {
   if (luaL_newmetatable(L, CONN_MT)) {
     static const luaL_Reg methods[] = {{"call", l_call},   {"close", l_close},

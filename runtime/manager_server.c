@@ -72,6 +72,8 @@ typedef struct server {
 
 static char term_path[256], term_dir[256];
 
+/* SIGTERM (and the parent's death): remove the socket file and its directory, leave.
+** Async-signal-safe: unlink, rmdir and _exit only. */
 static void on_term(int sig) {
   (void)sig;
   if (term_path[0]) unlink(term_path);
@@ -83,6 +85,7 @@ static void on_term(int sig) {
 
 static void conn_watch(sconn *c);
 
+/* The close callback of a connection's poll handle: the memory goes only now. */
 static void free_conn(uv_handle_t *h) {
   sconn *c = h->data;
   lmp_buf_free(&c->in);
@@ -270,6 +273,8 @@ static int conn_read(sconn *c) {
   return got;
 }
 
+/* A connection is readable or writable: write what is pending, read and serve, then close
+** what was doomed meanwhile. */
 static void on_conn(uv_poll_t *h, int status, int events) {
   sconn *c = h->data;
   if (c->closed) return;
@@ -279,6 +284,7 @@ static void on_conn(uv_poll_t *h, int status, int events) {
   reap_conns(c->srv);
 }
 
+/* Watches the connection for input, and for room to write while output is pending. */
 static void conn_watch(sconn *c) {
   if (c->closed || c->doomed) return;
   int want = UV_READABLE | (c->outpos < c->out.len ? UV_WRITABLE : 0);
@@ -348,12 +354,14 @@ static void on_prepare(uv_prepare_t *h) {
   s->handled = 0;
 }
 
+/* The dispatcher's timer: parked requests whose timeout has come. */
 static void on_timer(uv_timer_t *t) {
   server *s = t->data;
   call_handler(s, "timer", 0, 0);
   reap_conns(s);
 }
 
+/* Every second: drops connections that have not authenticated in time. */
 static void on_sweep(uv_timer_t *t) {
   server *s = t->data;
   double now = lmp_monotonic();
@@ -416,6 +424,7 @@ static int l_run(lua_State *L) {
   return 0;
 }
 
+/* The live connection with that id, or NULL. */
 static sconn *find_conn(server *s, lua_Integer id) {
   for (sconn *c = s->conns; c; c = c->next)
     if (c->id == id) return c->doomed ? NULL : c;
@@ -508,6 +517,7 @@ static int l_server(lua_State *L) {
   return 1;
 }
 
+/* Adds mgr_server to lmp.core and makes the server class. */
 void lmp__open_manager_server(lua_State *L) {
   if (luaL_newmetatable(L, SERVER_MT)) {
     static const luaL_Reg methods[] = {{"run", l_run},   {"reply", l_reply}, {"arm", l_arm},

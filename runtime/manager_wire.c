@@ -154,12 +154,14 @@ static void remove_made(made *m) {
   if (m->dir[0]) rmdir(m->dir);
 }
 
+/* At exit: removes the socket files and directories of the managers started here. */
 static void at_exit_remove(void) {
   for (int i = 0; i < n_mades; i++)
     if (mades[i].owner == getpid()) remove_made(&mades[i]);
   n_mades = 0;
 }
 
+/* Records a socket file and its directory for the atexit handler. */
 static void remember_made(const char *path, const char *dir) {
   if (n_mades == cap_mades) {
     int cap = cap_mades ? cap_mades * 2 : 8;
@@ -392,6 +394,8 @@ static int l_random(lua_State *L) {
 
 /* ---- the proxy handle: decoded by lmp.manager_proxy, loaded on first use ---- */
 
+/* The codec's decoder for "lmp.Proxy" handles: lmp.manager_proxy._decode(payload), the
+** module being loaded on first use (a worker's fresh state has not loaded it). */
 static int decode_proxy(lua_State *L) {
   lua_settop(L, 1);
   lua_getglobal(L, "require");
@@ -403,6 +407,7 @@ static int decode_proxy(lua_State *L) {
   return 1;
 }
 
+/* Adds the Manager's functions to lmp.core (the table on top) and registers the proxy handle. */
 void lmp__open_manager(lua_State *L) {
   static const luaL_Reg fns[] = {{"mgr_listen", l_listen},
                                  {"mgr_unlink", l_unlink},

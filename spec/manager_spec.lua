@@ -728,6 +728,25 @@ describe("Manager", function()
     end)
   end)
 
+  describe("errors", function()
+    it("values that cannot be sent fail in the caller, results that cannot in the server", function()
+      local m = Manager { types = { Odd = function()
+        return { thread = function() return coroutine.create(print) end }
+      end } }
+      local d = m:dict()
+      local err = err_of(function() d.x = { co = coroutine.create(print) } end)
+      assert.is_true(mp.iserror(err, "SerializationError"))
+      assert.matches("args%[2%]%.co: cannot send a thread", err.message)
+      err = err_of(m:Odd().thread, m:Odd())
+      assert.is_true(mp.iserror(err, "SerializationError"))
+      d.y = 1 -- the connection and the server go on
+      assert.are.equal(1, d.y)
+      assert.is_true(mp.iserror(err_of(m.dict, m, 42), "TypeError"))
+      assert.is_true(mp.iserror(err_of(m.Barrier, m, "3"), "TypeError"))
+      assert.is_true(mp.iserror(err_of(m.Barrier, m, 0), "ValueError"))
+    end)
+  end)
+
   describe("custom types", function()
     it("builds objects in the server and runs their methods there", function()
       local base = 100
