@@ -897,6 +897,20 @@ describe("Manager", function()
       assert.are.equal(2, #m:list { 1, 2 })
     end)
 
+    it("listens on a Unix socket path of the caller's choosing, removed at shutdown", function()
+      local path = H.tmpname()
+      os.remove(path)
+      local m = Manager { address = path }
+      assert.are.equal(path, m.address)
+      assert.is_true(exists(path))
+      local err = err_of(mp.Manager, { address = path })
+      assert.is_true(mp.iserror(err, "ProcessError"))
+      assert.matches("cannot listen on", err.message)
+      assert.are.equal(1, m:dict { a = 1 }.a)
+      m:shutdown()
+      assert.is_false(exists(path))
+    end)
+
     it("listens on TCP and is reached from an unrelated process with Manager.connect", function()
       local m = Manager { address = "127.0.0.1:0" }
       assert.matches("^127%.0%.0%.1:%d+$", m.address)
