@@ -739,6 +739,12 @@ describe("Manager", function()
       assert.matches("args%[2%]%.co: cannot send a thread", err.message)
       err = err_of(m:Odd().thread, m:Odd())
       assert.is_true(mp.iserror(err, "SerializationError"))
+      local a, b = mp.Pipe()
+      assert.is_true(mp.iserror(err_of(function() d.pipe = a end), "SerializationError"))
+      a:close()
+      b:close()
+      d.value = mp.Value("i", 5) -- shared memory travels as a handle
+      assert.are.equal(5, d.value.value)
       d.y = 1 -- the connection and the server go on
       assert.are.equal(1, d.y)
       assert.is_true(mp.iserror(err_of(m.dict, m, 42), "TypeError"))
