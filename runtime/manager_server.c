@@ -342,7 +342,9 @@ static void on_prepare(uv_prepare_t *h) {
       if (c->ready && !c->doomed) pf[n] = (struct pollfd){c->fd, POLLIN, 0}, who[n++] = c;
     if (n == 0 || n == SPIN_FDS) break;
     int got = 0;
-    if (poll(pf, (nfds_t)n, 0) > 0)
+    if (n == 1) /* one client: its socket is all there is to look at */
+      got = conn_read(who[0]);
+    else if (poll(pf, (nfds_t)n, 0) > 0)
       for (int i = 0; i < n; i++)
         if (pf[i].revents) got |= conn_read(who[i]);
     reap_conns(s);
