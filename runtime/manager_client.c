@@ -44,6 +44,7 @@ typedef struct mconn {
   uint32_t dropped[32];    /* replies nobody waits for any more (interrupted calls) */
   int n_dropped;
   double avg;              /* moving average of reply times: how long spinning pays */
+  double avg_parked;       /* the same for calls the server may park */
   char address[256];
   char why[256];           /* why the connection is dead */
 } mconn;
@@ -292,7 +293,8 @@ static int wait_readable(lua_State *L, mconn *c) {
 ** the error on the stack; 0 when pushed. */
 static int read_reply(lua_State *L, mconn *c, uint32_t seq, int interruptible, int parkable) {
   double t0 = lmp_monotonic();
-  double spin = parkable ? SPIN_PARKED : c->avg < 250e-6 ? 3 * c->avg + 30e-6 : 0;
+  double spin = parkable ? (c->avg_parked < 2 * SPIN_PARKED ? SPIN_PARKED : 0)
+                         : c->avg < 250e-6 ? 3 * c->avg + 30e-6 : 0;
   if (spin > 300e-6) spin = 300e-6;
   for (int k = 0;; k++) {
     int bad = 0;
@@ -321,7 +323,8 @@ static int read_reply(lua_State *L, mconn *c, uint32_t seq, int interruptible, i
     }
   }
   double dt = lmp_monotonic() - t0;
-  if (!parkable) c->avg = 0.8 * c->avg + 0.2 * (dt < 1e-3 ? dt : 1e-3);
+  double *avg = parkable ? &c->avg_parked : &c->avg; /* contended locks stop spinning */
+  *avg = 0.8 * *avg + 0.2 * (dt < 1e-3 ? dt : 1e-3);
   return 0;
 }
 
@@ -489,7 +492,7 @@ static int l_connect(lua_State *L) {
   mconn *c = lua_newuserdatauv(L, sizeof *c, 0);
   memset(c, 0, sizeof *c);
   c->fd = -1;
-  c->avg = 50e-6;
+  c->avg = c->avg_parked = 50e-6;
   luaL_setmetatable(L, CONN_MT);
   char err[300];
   c->fd = lmp__mgr_dial(address, err, sizeof err);
