@@ -66,6 +66,16 @@ local expected = {
                       "mainProcess done time:[23]%.%d+ s\n$" },
   seed_pool_apply_async = { "^mainProcess start\nChild start\n", "mainProcess done time:0%.%d+ s\n",
                             "Process num is : 0", "Process num is : 2", "process  2 end" },
+  -- the Manager examples (a dict filled by two processes; Manager queues in a Pool; the last
+  -- one also runs its producer and consumer over a plain mp.Queue in the Pool)
+  seed_manager_dict = { "^{[ab] = 2[23], [ab] = 2[23]}\n$", "a = 22", "b = 23" },
+  seed_manager_pool_queue = { "^%(%d+%) start\n", "writer启动%(%d+%),父进程为%(%d+%)\n",
+                              "reader启动%(%d+%),父进程为%(%d+%)\n",
+                              "reader从Queue获取到消息：i\nreader从Queue获取到消息：t\n" ..
+                              "reader从Queue获取到消息：c\nreader从Queue获取到消息：a\n" ..
+                              "reader从Queue获取到消息：s\nreader从Queue获取到消息：t\n%(%d+%) End\n$" },
+  seed_manager_pool_producer_consumer = { "^Manager%(%):Queue%(10%) in Pool%(2%):\na\n" ..
+                                          "mp%.Queue%(10%) in Pool%(2%):\na\n$" },
 }
 
 describe("examples", function()

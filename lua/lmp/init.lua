@@ -49,6 +49,7 @@ mp.Pool = pool.Pool
 mp.constant = core.constant -- a table lmp may send once and reuse (docs/api/pool.md)
 mp.AsyncResult = pool.AsyncResult
 for k, v in pairs(require "lmp.shared") do mp[k] = v end
+mp.Manager = require("lmp.manager").Manager
 
 -- The event loop, for hosts ------------------------------------------------------------------
 

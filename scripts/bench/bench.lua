@@ -356,6 +356,27 @@ local ROWS = {
   },
 }
 
+-- Manager: dict get + set round trips, against CPython's Manager().dict() in the same run ------
+ROWS[#ROWS + 1] = {
+  name = "manager_dict", py = "manager_dict", unit = "pairs/s", better = "higher",
+  desc = "Manager dict, 20k pairs of round trips: d.k = i, then read d.k",
+  lmp = function()
+    local m <close> = mp.Manager()
+    local d = m:dict()
+    d.k = 0
+    local n = 20000
+    local t0 = now()
+    for i = 1, n do
+      d.k = i
+      if d.k ~= i then error("manager_dict: wrong value " .. tostring(d.k)) end
+    end
+    local dt = now() - t0
+    return n / dt, ("us_per_call=%.1f"):format(dt / (2 * n) * 1e6)
+  end,
+  checks = { { vs = "cpython", min = 3 } },
+  target = "≥ 3× CPython's Manager",
+}
+
 -- Measuring ----------------------------------------------------------------------------------
 
 -- Runs bench_cpython.py <row>; returns the figure and the rest of its line.

@@ -204,6 +204,19 @@ def row_lock():
     return "%.1f ops/s" % (2 * n / dt)
 
 
+def row_manager_dict():
+    n = 20_000
+    with mp.Manager() as m:
+        d = m.dict()
+        d["k"] = 0
+        t0 = time.perf_counter()
+        for i in range(n):
+            d["k"] = i
+            assert d["k"] == i
+        dt = time.perf_counter() - t0
+    return "%.1f pairs/s us_per_call=%.1f" % (n / dt, dt / (2 * n) * 1e6)
+
+
 ROWS = {
     "queue": row_queue,
     "pipe_1mib": row_pipe_1mib,
@@ -216,6 +229,7 @@ ROWS = {
     "startstop": row_startstop,
     "cpu": row_cpu,
     "mem": row_mem,
+    "manager_dict": row_manager_dict,
 }
 
 
