@@ -19,6 +19,7 @@ int luaopen_lmp_core(lua_State *L) {
   lmp__open_pool(L);
   lmp__open_result(L);
   lmp__open_shm(L);
+  lmp__open_console(L);
   lua_pushliteral(L, LMP_VERSION);
   lua_setfield(L, -2, "version");
   return 1;
