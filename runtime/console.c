@@ -108,23 +108,17 @@ static int plain_readline(lua_State *L, const char *prompt) {
   fputs(prompt, stdout);
   fflush(stdout);
   lmp_wait_fd(L, 0, 0, -1);
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  char chunk[1024];
-  int got = 0;
-  while (fgets(chunk, sizeof chunk, stdin) != NULL) {
-    got = 1;
-    size_t n = strlen(chunk);
-    if (n > 0 && chunk[n - 1] == '\n') {
-      luaL_addlstring(&b, chunk, n - 1);
-      luaL_pushresult(&b);
-      return 1;
-    }
-    luaL_addlstring(&b, chunk, n);
-  }
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n = getline(&line, &cap, stdin); /* a line may hold any byte, NUL included */
   clearerr(stdin);
-  if (!got) return 0;
-  luaL_pushresult(&b);
+  if (n < 0) {
+    free(line);
+    return 0;
+  }
+  if (n > 0 && line[n - 1] == '\n') n--;
+  lua_pushlstring(L, line, (size_t)n);
+  free(line);
   return 1;
 }
 

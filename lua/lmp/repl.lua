@@ -243,7 +243,8 @@ local function history_file()
   return home .. "/.lmp_history"
 end
 
-M.HISTORY_SIZE = 1000
+-- Entries the history file keeps (LMP_HISTORY_SIZE overrides).
+M.HISTORY_SIZE = math.tointeger(tonumber(os.getenv("LMP_HISTORY_SIZE") or "")) or 1000
 
 --- Runs the prompt until end of input.
 function M.run()
