@@ -133,7 +133,8 @@ static struct {
   int hidden;          /* output went above them: draw them again */
   int tail_nl;         /* that output ended with a newline */
   size_t prompt_len;
-  uv_poll_t *poll;     /* stdin, in the loop of the state that first read a line */
+  uv_poll_t *poll;     /* stdin, in the loop of the state reading lines */
+  uv_loop_t *loop;     /* that loop */
   int completer;       /* registry ref of the Lua completion function */
   char *hist_path;
   char *hist_last;     /* the newest history entry (no duplicates in a row) */
@@ -143,6 +144,7 @@ static int edit_available(void) {
   return &rl_callback_read_char != NULL && isatty(0) && isatty(1);
 }
 
+/* libedit's line handler: keeps the line (NULL at end of input) for edit_readline. */
 static void on_line(char *line) {
   con.line = line;
   con.done = 1;
@@ -188,7 +190,9 @@ static void on_stdin(uv_poll_t *h, int status, int events) {
 
 static char **complete(const char *text, int start, int end);
 
+/* Sets libedit up once: no signal handlers of its own, lmp's word breaks and completion. */
 static void edit_init(lua_State *L) {
+  (void)L;
   if (con.ready) return;
   rl_catch_signals = 0; /* Ctrl-C is lmp's: the loop's handler raises InterruptedError */
   rl_readline_name = "lmp";
@@ -198,10 +202,31 @@ static void edit_init(lua_State *L) {
   rl_completer_word_break_characters = breaks;
   rl_attempted_completion_function = complete;
   rl_completion_append_character = '\0';
-  con.poll = malloc(sizeof *con.poll);
-  if (con.poll == NULL || uv_poll_init(&lmp_loop_get(L)->uv, con.poll, 0) != 0)
-    luaL_error(L, "cannot watch standard input");
   con.ready = 1;
+}
+
+/* The watch of stdin in L's loop (made again for another loop: a closed loop has closed it,
+** and the old handle is left to it). */
+static void watch_stdin(lua_State *L) {
+  uv_loop_t *loop = &lmp_loop_get(L)->uv;
+  if (con.poll != NULL && con.loop == loop) return;
+  con.poll = malloc(sizeof *con.poll);
+  if (con.poll == NULL || uv_poll_init(loop, con.poll, 0) != 0) {
+    free(con.poll);
+    con.poll = NULL;
+    luaL_error(L, "cannot watch standard input");
+  }
+  con.loop = loop;
+}
+
+/* 1 when the value at idx is an InterruptedError (Ctrl-C). */
+static int is_interrupt(lua_State *L, int idx) {
+  if (!lua_istable(L, idx)) return 0;
+  lua_getfield(L, idx, "type");
+  const char *t = lua_tostring(L, -1);
+  int yes = t != NULL && strcmp(t, "InterruptedError") == 0;
+  lua_pop(L, 1);
+  return yes;
 }
 
 static int protected_wait(lua_State *L) {
@@ -213,6 +238,7 @@ static int protected_wait(lua_State *L) {
 ** Ctrl-C abandons the line and raises InterruptedError. */
 static int edit_readline(lua_State *L, const char *prompt) {
   edit_init(L);
+  watch_stdin(L);
   con.done = 0;
   con.line = NULL;
   con.L = L;
@@ -229,8 +255,11 @@ static int edit_readline(lua_State *L, const char *prompt) {
   con.L = NULL;
   rl_callback_handler_remove(); /* the terminal as it was */
   if (status != LUA_OK) {
+    free(con.line); /* a line that came in the same turn as Ctrl-C is dropped too */
+    con.line = NULL;
     if (con.hidden) redraw();
-    fputs("^C\n", stdout); /* the line is dropped: a fresh prompt on a fresh line */
+    if (is_interrupt(L, -1)) fputs("^C\n", stdout); /* a fresh prompt on a fresh line */
+    else fputs("\n", stdout);
     fflush(stdout);
     return lua_error(L);
   }

@@ -276,9 +276,9 @@ static int l_lines_open(lua_State *L) {
 
 static const char ERROR_PREFIX[] = "{\"error\":{\"type\":\"";
 
-/* scan_results(path, error_prefix_check) -> lines, error_lines, bytes: the whole lines of the
-** file (what follows the last newline is a line cut short), how many of them are lmp error
-** objects, and the length of those whole lines. nil, message when it cannot be read. */
+/* scan_results(path) -> lines, error_lines, bytes: the whole lines of the file (what follows
+** the last newline is a line cut short), how many of them begin as lmp's error objects do,
+** and the length of those whole lines. nil, message when it cannot be read. */
 static int l_scan_results(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -223,13 +223,18 @@ end
     local size = #pad * 150000
     local limit_kib = 60 * 1024 -- 60 MiB of address space; the input is 150 MB
     local script = write_file("return function(r) return { id = r.id, n = #r.pad } end\n")
-    local out, err, code = map(script .. " " .. input .. " -P 2",
-      { prefix = ("ulimit -v %d; "):format(limit_kib), shell = true })
+    -- a sanitizer build reserves terabytes of address space for its shadow memory: there the
+    -- file still goes through, but only an uninstrumented lmp can run under the limit
+    local exe = H.slurp(LMP) or ""
+    local sanitized = exe:find("AddressSanitizer", 1, true) ~= nil
+    local limit = sanitized and "" or ("ulimit -v %d; "):format(limit_kib)
+    local out, err, code = map(script .. " " .. input .. " -P 2", { prefix = limit, shell = true })
     assert.are.equal(0, code, err)
     local lines = split_lines(out)
     assert.are.equal(150000, #lines)
     assert.are.equal('{"id":150000,"n":1000}', lines[150000])
     assert.is_true(size > 2 * limit_kib * 1024)
+    if sanitized then return end
     -- the limit is real: the whole file does not fit under it
     local _, _, whole = os.execute(("sh -c %s"):format(q(("ulimit -v %d; %s -e %s >/dev/null 2>&1")
       :format(limit_kib, q(LMP), q(("assert(io.open(%q)):read('a')"):format(input))))))

@@ -41,9 +41,10 @@ function Run:block_lines()
   return math.max(1, math.min(MAX_LINES, math.floor(TARGET / self.cost)))
 end
 
--- The timeout of a task: --timeout for one record; for a block, a bound that no block of
--- records within the limit reaches (given the measured cost), so an overdue block is one
--- holding an overdue record, which the one-by-one run then finds.
+-- The timeout of a task: --timeout for one record; for a block, --timeout plus four times
+-- what its records should take at the measured cost. A block past it is run again one record
+-- at a time, each with --timeout, which finds the overdue record (a block of several slow
+-- but legal records costs time that way, never a wrong error).
 function Run:task_timeout(rec)
   local s = self.o.timeout
   if not s then return nil end
@@ -51,12 +52,19 @@ function Run:task_timeout(rec)
   return s + 4 * rec.n * (self.cost or 0) + 0.5
 end
 
+-- Submits a block or a record. A pool that refuses work (it broke: its workers die before
+-- they are ready) ends the run, since nothing could finish.
 function Run:submit(rec)
-  rec.res = self.pool:apply_async(run_task, { rec.block, rec.first }, {
+  local ok, res = pcall(self.pool.apply_async, self.pool, run_task, { rec.block, rec.first }, {
     callback = function(out, dt, errs) self:done(rec, out, dt, errs) end,
     error_callback = function(err) self:failed(rec, err) end,
     timeout = self:task_timeout(rec),
   })
+  if ok then
+    rec.res = res
+  elseif not self.fatal then
+    self.fatal, self.stopped = res, "fatal"
+  end
 end
 
 -- A record or block is complete: it goes to its parent block, or out.
@@ -193,6 +201,7 @@ function Run:loop()
     self:fill()
     self:flush()
     if self.bar then self.bar:update(self.lines_out) end
+    if self.fatal then error(self.fatal, 0) end
     if self.stopped or (self.eof and self:pending() == 0) then return end
     self:wait()
   end

@@ -380,6 +380,14 @@ do
     f:close()
     return n
   end
+  -- How much faster two CPU-bound processes get through work than one, on this machine now
+  -- (2.0 on two free cores): the ceiling of any speed-up on 2 workers in this run.
+  local function cpu_scaling()
+    local loop = "lua5.4 -e 'local s = 0 for i = 1, 1e8 do s = s + i end'"
+    local one = timed(loop)
+    local two = timed("(" .. loop .. " & " .. loop .. " & wait)")
+    return 2 * one / two
+  end
   ROWS[#ROWS + 1] = {
     name = "map_cli", unit = "x", better = "higher",
     desc = "lmp --map, trivial transform (.n = .id * 2), 1e6 JSON lines, 2 workers, vs serial lua5.4 + lua-cjson; jq beside",
@@ -424,8 +432,8 @@ out:close()
           local t_jq = timed(("jq -c '.n = .id * 2' %s > %s"):format(shell_quote(input), shell_quote(out)))
           jq = ("%.0f rec/s (lmp %.2f× jq)"):format(N / t_jq, t_jq / t_lmp)
         end
-        return t_serial / t_lmp, ("lmp=%.0f rec/s serial=%.0f rec/s jq=%s"):format(N / t_lmp,
-          N / t_serial, jq)
+        return t_serial / t_lmp, ("lmp=%.0f rec/s serial=%.0f rec/s jq=%s; 2 CPU-bound processes "
+          .. "ran %.2f× one"):format(N / t_lmp, N / t_serial, jq, cpu_scaling())
       end))
       os.execute("rm -rf " .. shell_quote(dir))
       if not res[1] then error(res[2], 0) end
