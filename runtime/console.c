@@ -33,10 +33,7 @@
 #pragma weak rl_completion_matches
 #pragma weak rl_get_screen_size
 #pragma weak add_history
-#pragma weak read_history
-#pragma weak write_history
 #pragma weak stifle_history
-#pragma weak history_get
 #pragma weak rl_catch_signals
 #pragma weak rl_readline_name
 #pragma weak rl_attempted_completion_function
@@ -46,8 +43,6 @@
 #pragma weak rl_completer_word_break_characters
 #pragma weak rl_line_buffer
 #pragma weak rl_point
-#pragma weak history_length
-#pragma weak history_base
 
 /* ---- running Lua code that Ctrl-C may interrupt (the executable, the REPL) ---- */
 
@@ -136,8 +131,6 @@ static struct {
   uv_poll_t *poll;     /* stdin, in the loop of the state reading lines */
   uv_loop_t *loop;     /* that loop */
   int completer;       /* registry ref of the Lua completion function */
-  char *hist_path;
-  char *hist_last;     /* the newest history entry (no duplicates in a row) */
 } con = {.completer = LUA_NOREF};
 
 static int edit_available(void) {
@@ -386,33 +379,21 @@ static int l_listdir(lua_State *L) {
   return 1;
 }
 
-/* ---- history ---- */
+/* ---- history (the file is lmp.repl's; libedit keeps the entries Up and Down walk) ---- */
 
-/* history_open(path, max): loads the history file and keeps at most max entries. */
-static int l_history_open(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
-  int max = (int)luaL_checkinteger(L, 2);
+/* history_init(max): libedit keeps at most max entries. */
+static int l_history_init(lua_State *L) {
+  int max = (int)luaL_checkinteger(L, 1);
   if (!edit_available()) return 0;
   edit_init(L);
-  free(con.hist_path);
-  con.hist_path = strdup(path);
   stifle_history(max);
-  read_history(path);
-  HIST_ENTRY *last = history_length > 0 ? history_get(history_base + history_length - 1) : NULL;
-  free(con.hist_last);
-  con.hist_last = last && last->line ? strdup(last->line) : NULL;
   return 0;
 }
 
-/* history_add(entry): adds it unless it repeats the newest entry, and saves the file. */
-static int l_history_add(lua_State *L) {
+/* history_push(entry): the newest entry. */
+static int l_history_push(lua_State *L) {
   const char *entry = luaL_checkstring(L, 1);
-  if (!con.ready || con.hist_path == NULL) return 0;
-  if (con.hist_last != NULL && strcmp(con.hist_last, entry) == 0) return 0;
-  add_history(entry);
-  free(con.hist_last);
-  con.hist_last = strdup(entry);
-  write_history(con.hist_path);
+  if (con.ready) add_history(entry);
   return 0;
 }
 
@@ -425,8 +406,8 @@ void lmp__open_console(lua_State *L) {
                                      {"after_output", l_after_output},
                                      {"set_completer", l_set_completer},
                                      {"listdir", l_listdir},
-                                     {"history_open", l_history_open},
-                                     {"history_add", l_history_add},
+                                     {"history_init", l_history_init},
+                                     {"history_push", l_history_push},
                                      {NULL, NULL}};
   luaL_newlib(L, console);
   lua_pushliteral(L, LUA_RELEASE);

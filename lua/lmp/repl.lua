@@ -6,6 +6,7 @@
 local core = require "lmp.core"
 local mp = require "lmp"
 local completion = require "lmp.completion"
+local history = require "lmp.history"
 
 local console = core.console
 
@@ -215,6 +216,8 @@ local function run_chunk(fn, timed)
   io.stdout:flush()
 end
 
+local hist -- the history file, when the REPL edits lines
+
 -- One statement: read, compile, remember, run. Returns "eof" at end of input.
 local function step()
   local ok, line = pcall(read, "> ")
@@ -229,7 +232,9 @@ local function step()
   end
   local compiled, fn, text, err = pcall(compile, src)
   if not compiled then return end -- Ctrl-C at a continuation prompt: the chunk is dropped
-  console.history_add((timed and "%time " or "") .. text)
+  if hist and hist:add((timed and "%time " or "") .. text) then
+    console.history_push((timed and "%time " or "") .. text)
+  end
   if not fn then
     io.stderr:write(err, "\n")
     return
@@ -253,8 +258,9 @@ function M.run()
     :format(mp.version, console.lua_release))
   io.stdout:flush()
   if console.editing() then
+    console.history_init(M.HISTORY_SIZE)
     local path = history_file()
-    if path then console.history_open(path, M.HISTORY_SIZE) end
+    if path then hist = history.open(path, M.HISTORY_SIZE, console.history_push) end
     console.set_completer(function(word, before)
       return completion.complete(word, before, console.listdir)
     end)
