@@ -212,3 +212,61 @@ describe("the REPL in a terminal", function()
     assert.is_nil(s:find("syntax error", 1, true), s)
   end)
 end)
+
+describe("REPL completion (lmp.completion)", function()
+  local completion = require "lmp.completion"
+  local listdir = require("lmp.core").console.listdir
+  before_each(H.setup)
+  after_each(function()
+    _G.obj, _G.Class, _G._secret, _G.mp = nil, nil, nil, nil
+    H.teardown()
+  end)
+
+  local function complete(word, before) return completion.complete(word, before or "", listdir) end
+
+  it("offers keywords and globals, names with _ only once _ is typed", function()
+    _G._secret = 1
+    assert.are.same({ "local" }, complete("loc"))
+    assert.are.same({ "print" }, complete("prin"))
+    assert.are.same({ "_secret" }, complete("_sec"))
+    local all = complete("")
+    for _, w in ipairs(all) do assert.are_not.equal("_secret", w) end
+  end)
+
+  it("follows __index tables for fields and methods, never a function __index", function()
+    _G.Class = { __index = { greet = function() end, size = 3 } }
+    setmetatable(_G.Class.__index, { __index = { inherited = function() end } })
+    _G.obj = setmetatable({ own = true }, _G.Class)
+    assert.are.same({ "obj:greet" }, complete("obj:gr"))
+    assert.are.same({ "obj:greet", "obj:inherited" }, complete("obj:"))
+    assert.are.same({ "obj.greet", "obj.inherited", "obj.own", "obj.size" }, complete("obj."))
+    local calls = 0
+    _G.obj = setmetatable({}, { __index = function() calls = calls + 1 end })
+    assert.are.same({}, complete("obj.x"))
+    assert.are.equal(0, calls)
+    assert.are.same({}, complete("nosuch.thing."))
+  end)
+
+  it("completes mp's classes and a pool's methods", function()
+    local pool <close> = mp.Pool(1)
+    _G.obj, _G.mp = pool, mp
+    assert.are.same({ "mp.Pool" }, complete("mp.Poo"))
+    assert.are.same({ "obj:imap", "obj:imap_unordered" }, complete("obj:im"))
+  end)
+
+  it("offers module names inside require, from package.path and the loaded ones", function()
+    local mods = complete("lmp.po", 'local p = require "')
+    assert.is_truthy(#mods >= 1)
+    for _, m in ipairs(mods) do assert.matches("^lmp%.po", m) end
+    local found = false
+    for _, m in ipairs(mods) do found = found or m == "lmp.pool" end
+    assert.is_true(found)
+    local cjson_found = false -- a C module found on package.cpath
+    for _, m in ipairs(complete("cjso", "require('")) do cjson_found = cjson_found or m == "cjson" end
+    assert.is_true(cjson_found)
+  end)
+
+  it("indents with Tab on an empty line", function()
+    assert.are.same({ "  " }, complete("", "   "))
+  end)
+end)
