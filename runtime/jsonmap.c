@@ -1,6 +1,6 @@
 /*
 ** jsonmap.c — lmp.core.json_map: a worker's loop over a block of JSON lines for `lmp --map`.
-** Each line is decoded (by the decoder given: lua-cjson's), passed to the user's function
+** Each line is decoded (by the decoder given: lua-cjson's, which raises on bad JSON), passed to the user's function
 ** and its result written as JSON, all protected: a line that fails becomes an error object
 ** and the block goes on. Caveats: output lines are built in a per-thread scratch buffer and
 ** gathered in a luaL_Buffer, so the stack is used in balanced steps only.
@@ -58,16 +58,10 @@ static void error_line(lua_State *L, const char *type, const char *prefix, lua_I
 static int run_line(lua_State *L, const char *s, size_t len, lua_Integer lineno) {
   lua_pushvalue(L, ARG_DECODE);
   lua_pushlstring(L, s, len);
-  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) { /* the decoder raises on what is not JSON */
     error_line(L, "JSONError", NULL, lineno);
     return 1;
   }
-  if (lua_isnil(L, -2) && !lua_isnil(L, -1)) { /* nil, message: not JSON */
-    lua_remove(L, -2);
-    error_line(L, "JSONError", NULL, lineno);
-    return 1;
-  }
-  lua_pop(L, 1);
   lua_pushvalue(L, ARG_F);
   lua_insert(L, -2);
   lua_pushinteger(L, lineno);

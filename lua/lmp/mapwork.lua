@@ -9,7 +9,7 @@ local core = require "lmp.core"
 local M = {}
 
 local encode, json_map, monotonic = core.json_encode, core.json_map, core.monotonic
-local decode          -- cjson.safe.decode, once loaded
+local decode          -- cjson.decode, once loaded
 local f               -- the script's function
 local start_error     -- why the script could not start in this worker
 
@@ -31,8 +31,8 @@ local function traceback(e) return debug.traceback(message_of(e), 2) end
 
 -- Loads the script and finds its function (and runs its init). Returns nil or why not.
 local function start(script)
-  local ok_cjson, cjson = pcall(require, "cjson.safe")
-  if not ok_cjson then return "lua-cjson is not installed (require \"cjson.safe\" failed)" end
+  local ok_cjson, cjson = pcall(require, "cjson")
+  if not ok_cjson then return "lua-cjson is not installed (require \"cjson\" failed)" end
   decode = cjson.decode
   local chunk, err = loadfile(script, "t")
   if not chunk then return err end
