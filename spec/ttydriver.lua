@@ -1,5 +1,6 @@
 -- spec/ttydriver.lua — a real terminal for the specs: a program run in a tmux session of its own
--- (its own server socket), driven with send-keys and read back with capture-pane.
+-- (its own server, on a socket file that stop() removes), driven with send-keys and read back
+-- with capture-pane.
 local mp = require "lmp"
 
 local Term = {}
@@ -10,7 +11,7 @@ local count = 0
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 local function tmux(self, args)
-  return os.execute(("tmux -L %s %s >/dev/null 2>&1"):format(self.socket, args))
+  return os.execute(("tmux -S %s %s >/dev/null 2>&1"):format(q(self.socket), args))
 end
 
 --- 1 when tmux is installed.
@@ -22,7 +23,8 @@ end
 function Term.start(cmd, opts)
   opts = opts or {}
   count = count + 1
-  local self = setmetatable({ socket = ("lmp-spec-%d-%d"):format(mp.getpid(), count) }, Term)
+  local dir = os.getenv("TMPDIR") or "/tmp"
+  local self = setmetatable({ socket = ("%s/lmp-spec-%d-%d.tmux"):format(dir, mp.getpid(), count) }, Term)
   local ok = tmux(self, ("-f /dev/null new-session -d -x %d -y %d %s"):format(opts.width or 120,
     opts.height or 50, q(cmd)))
   assert(ok, "tmux could not start " .. cmd)
@@ -48,7 +50,7 @@ end
 
 --- What the terminal shows, scrollback included, without trailing blank lines.
 function Term:screen()
-  local f = io.popen(("tmux -L %s capture-pane -p -J -S -5000 2>/dev/null"):format(self.socket))
+  local f = io.popen(("tmux -S %s capture-pane -p -J -S -5000 2>/dev/null"):format(q(self.socket)))
   local s = f:read("a")
   f:close()
   return (s:gsub("[\n ]+$", ""))
@@ -74,13 +76,16 @@ end
 
 --- The pid of the program in the terminal.
 function Term:pid()
-  local f = io.popen(("tmux -L %s list-panes -F '#{pane_pid}' 2>/dev/null"):format(self.socket))
+  local f = io.popen(("tmux -S %s list-panes -F '#{pane_pid}' 2>/dev/null"):format(q(self.socket)))
   local s = f:read("a")
   f:close()
   return tonumber(s:match("%d+"))
 end
 
---- Ends the terminal and everything in it.
-function Term:stop() tmux(self, "kill-server") end
+--- Ends the terminal and everything in it, and removes its socket.
+function Term:stop()
+  tmux(self, "kill-server")
+  os.remove(self.socket)
+end
 
 return Term
