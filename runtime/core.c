@@ -25,6 +25,7 @@ int luaopen_lmp_core(lua_State *L) {
   lmp__open_clusterkey(L);
   lmp__open_shm(L);
   lmp__open_manager(L);
+  lmp__open_console(L);
   lua_pushliteral(L, LMP_VERSION);
   lua_setfield(L, -2, "version");
   return 1;

@@ -115,6 +115,7 @@ void lmp__open_worker(lua_State *L);
 void lmp__open_pool(lua_State *L);
 void lmp__open_shm(lua_State *L);
 void lmp__open_manager(lua_State *L);
+void lmp__open_console(lua_State *L);
 
 /* Embedded Lua sources (generated): name, source, length; terminated by a NULL name. */
 typedef struct lmp_embedded {

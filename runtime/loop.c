@@ -398,84 +398,6 @@ int lmp_wait_fd(lua_State *L, int fd, int writable, double timeout) {
   return lmp_wait_result(L, r);
 }
 
-/* ---- running Lua code that Ctrl-C may interrupt (the executable, the REPL) ---- */
-
-static lua_State *volatile hook_L; /* the state running an interruptible call */
-
-static void stop_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  lmp_raise(L, "InterruptedError", "interrupted by Ctrl-C (SIGINT)");
-}
-
-/* Outside lmp waits, Ctrl-C sets a hook that raises in the running Lua code. Only a hook
-** is set here: a signal handler never touches a Lua state otherwise. */
-static void on_sigint_call(int sig) {
-  lua_State *L = hook_L;
-  if (L == NULL) {
-    signal(sig, SIG_DFL);
-    raise(sig);
-    return;
-  }
-  lua_sethook(L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-}
-
-/* icall(f, msgh, ...) -> like xpcall(f, msgh, ...), with Ctrl-C raising InterruptedError. */
-static int l_icall(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  int nargs = lua_gettop(L) - 2;
-  lua_State *saved_L = hook_L;
-  struct sigaction sa, old;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_sigint_call;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, NULL, &old);
-  int ignored = !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN;
-  hook_L = L;
-  if (!ignored) sigaction(SIGINT, &sa, NULL);
-  lua_pushvalue(L, 1);
-  lua_rotate(L, 3, 1); /* msgh f args... -> f after msgh */
-  int status = lua_pcall(L, nargs, LUA_MULTRET, 2);
-  if (!ignored) sigaction(SIGINT, &old, NULL);
-  hook_L = saved_L;
-  lua_sethook(L, NULL, 0, 0);
-  lua_pushboolean(L, status == LUA_OK);
-  lua_replace(L, 2); /* the status takes msgh's slot: ok, results... */
-  return lua_gettop(L) - 1;
-}
-
-/* readline(prompt) -> line | nil at end of input. Waits in the loop, so callbacks run
-** while the prompt waits; Ctrl-C raises InterruptedError. */
-static int l_readline(lua_State *L) {
-  const char *prompt = luaL_optstring(L, 1, "");
-  static int unbuffered;
-  if (!unbuffered) { /* stdio must not hold input that the fd wait cannot see */
-    setvbuf(stdin, NULL, _IONBF, 0);
-    unbuffered = 1;
-  }
-  fputs(prompt, stdout);
-  fflush(stdout);
-  lmp_wait_fd(L, 0, 0, -1);
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  char chunk[1024];
-  int got = 0;
-  while (fgets(chunk, sizeof chunk, stdin) != NULL) {
-    got = 1;
-    size_t n = strlen(chunk);
-    if (n > 0 && chunk[n - 1] == '\n') {
-      luaL_addlstring(&b, chunk, n - 1);
-      luaL_pushresult(&b);
-      return 1;
-    }
-    luaL_addlstring(&b, chunk, n);
-  }
-  clearerr(stdin);
-  if (!got) return 0;
-  luaL_pushresult(&b);
-  return 1;
-}
-
 /* ---- Lua functions ---- */
 
 static int never_ready(lua_State *L, void *ud) { return 0; }
@@ -540,10 +462,8 @@ void lmp__open_loop(lua_State *L) {
                                  {"run_once", l_run_once},
                                  {"wait_event", l_wait_event},
                                  {"backend_fd", l_backend_fd},
-                                 {"icall", l_icall},
                                  {"catch_sigterm", l_catch_sigterm},
                                  {"sigterm_seen", l_sigterm_seen},
-                                 {"readline", l_readline},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
   lmp_set_tick_hook(lmp_wait_tick);

@@ -1,20 +1,23 @@
 /*
 ** main.c — the lmp executable: `lmp script.lua [args]`, `-e`, `-l`, `-i`, `-v`, `-E`, `--`,
-** `-`, with `arg` set as the stock `lua` sets it, and a REPL (lmp.repl) when run alone.
-** Everything runs inside one protected call; Ctrl-C interrupts the running chunk
-** (InterruptedError), never the process while a script or statement can catch it.
+** `-`, with `arg` set as the stock `lua` sets it, a REPL (lmp.repl) when run alone, and
+** `lmp --map SCRIPT [INPUT...]` (lmp.mapcli). Everything runs inside one protected call;
+** Ctrl-C interrupts the running chunk (InterruptedError), never the process while a script or
+** statement can catch it.
 */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <editline/readline.h>
 #include <lauxlib.h>
 #include <lualib.h>
 
 #include "lmp.h"
 
 static const char *progname = "lmp";
+static int exit_status = -1; /* set by a mode that chooses its own status (--map) */
 
 static void usage(void) {
   fprintf(stderr,
@@ -27,7 +30,8 @@ static void usage(void) {
           "  -E        ignore environment variables (LUA_INIT, LUA_PATH, LUA_CPATH)\n"
           "  -W        turn warnings on\n"
           "  --        stop handling options\n"
-          "  -         stop handling options and execute stdin\n",
+          "  -         stop handling options and execute stdin\n"
+          "  --map SCRIPT [INPUT...]  run SCRIPT's function over JSON lines (--map --help)\n",
           progname);
 }
 
@@ -146,7 +150,7 @@ static int collectargs(char **argv, int *script) {
     case '\0': return flags;
     case 'E': if (a[2]) return BAD; flags |= HAS_BIG_E; break;
     case 'W': if (a[2]) return BAD; break;
-    case 'i': if (a[2]) return BAD; flags |= HAS_I | HAS_V; break;
+    case 'i': if (a[2]) return BAD; flags |= HAS_I; break; /* the REPL prints the banner */
     case 'v': if (a[2]) return BAD; flags |= HAS_V; break;
     case 'e': flags |= HAS_E; /* fallthrough */
     case 'l':
@@ -203,38 +207,46 @@ static int repl(lua_State *L) {
   return report(L, docall(L, 0, 0));
 }
 
-/* `lmp worker URL ...` and `lmp status URL`: lmp.cluster's commands; returns the exit status. */
-static int cluster_command(lua_State *L, int argc, char **argv) {
+/* Opens the standard libraries and lmp (lmp.core, with icall in the registry). */
+static void openlibs(lua_State *L) {
   luaL_openlibs(L);
   lmp_preload(L);
   luaL_requiref(L, "lmp.core", luaopen_lmp_core, 0);
   lua_getfield(L, -1, "icall");
   lua_setfield(L, LUA_REGISTRYINDEX, "lmp.icall");
   lua_pop(L, 1);
+}
+
+/* Runs module.fn(args) for a subcommand (`lmp --map ...`, `lmp worker ...`, `lmp status ...`):
+** args are argv[2..]; the function's result is the exit status. */
+static int subcommand(lua_State *L, int argc, char **argv, const char *module, const char *fn) {
+  openlibs(L);
+  lua_gc(L, LUA_GCGEN, 0, 0);
   lua_getglobal(L, "require");
-  lua_pushliteral(L, "lmp.cluster");
-  if (docall(L, 1, 1) != LUA_OK) return report(L, LUA_ERRRUN), 1;
-  lua_getfield(L, -1, argv[1]);
-  lua_createtable(L, argc - 2, 0);
+  lua_pushstring(L, module);
+  if (report(L, docall(L, 1, 1)) != LUA_OK) return 0;
+  lua_getfield(L, -1, fn);
+  lua_createtable(L, argc, 0);
   for (int i = 2; i < argc; i++) {
     lua_pushstring(L, argv[i]);
     lua_rawseti(L, -2, i - 1);
   }
-  if (docall(L, 1, 1) != LUA_OK) return report(L, LUA_ERRRUN), 1;
-  return (int)luaL_optinteger(L, -1, 0);
+  if (report(L, docall(L, 1, 1)) != LUA_OK) return 0;
+  exit_status = (int)luaL_optinteger(L, -1, 1);
+  lua_pushboolean(L, exit_status == 0);
+  return 1;
 }
 
 /* Everything runs here, protected. */
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
-  if (argc >= 2 && (strcmp(argv[1], "worker") == 0 || strcmp(argv[1], "status") == 0)) {
-    lua_pushinteger(L, cluster_command(L, argc, argv));
-    return 1;
-  }
+  luaL_checkversion(L);
+  if (argc > 1 && strcmp(argv[1], "--map") == 0) return subcommand(L, argc, argv, "lmp.mapcli", "main");
+  if (argc > 1 && (strcmp(argv[1], "worker") == 0 || strcmp(argv[1], "status") == 0))
+    return subcommand(L, argc, argv, "lmp.cluster", argv[1]);
   int script = argc;
   int flags = collectargs(argv, &script);
-  luaL_checkversion(L);
   if (flags == BAD) {
     usage();
     return 0;
@@ -244,8 +256,7 @@ static int pmain(lua_State *L) {
     lua_pushboolean(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
   }
-  luaL_openlibs(L);
-  lmp_preload(L);
+  openlibs(L);
   if (flags & HAS_BIG_E) { /* drop LUA_PATH/LUA_CPATH influence: Lua's defaults */
     lua_getglobal(L, "package");
     lua_pushstring(L, LUA_PATH_DEFAULT);
@@ -254,10 +265,6 @@ static int pmain(lua_State *L) {
     lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
   }
-  luaL_requiref(L, "lmp.core", luaopen_lmp_core, 0);
-  lua_getfield(L, -1, "icall");
-  lua_setfield(L, LUA_REGISTRYINDEX, "lmp.icall");
-  lua_pop(L, 1);
   createargtable(L, argv, argc, script);
   lua_gc(L, LUA_GCGEN, 0, 0);
   if (!(flags & HAS_BIG_E) && handle_luainit(L) != LUA_OK) return 0;
@@ -278,6 +285,8 @@ static int pmain(lua_State *L) {
 
 int main(int argc, char **argv) {
   if (argv[0] && argv[0][0]) progname = argv[0];
+  /* A strong reference: it keeps libedit linked in (console.c refers to it weakly). */
+  rl_readline_name = "lmp";
   int served = lmp_worker_main(argc, argv);
   if (served != 0) return served;
   lua_State *L = luaL_newstate();
@@ -289,10 +298,9 @@ int main(int argc, char **argv) {
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
   int status = lua_pcall(L, 2, 1, 0);
-  int code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : -1; /* a command's own status */
   int ok = lua_toboolean(L, -1);
   report(L, status);
   lua_close(L);
-  if (status == LUA_OK && code >= 0) return code;
+  if (status == LUA_OK && exit_status >= 0) return exit_status;
   return (ok && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
 }

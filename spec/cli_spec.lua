@@ -1,4 +1,5 @@
--- cli_spec.lua — the lmp executable: options like lua's, `arg`, exit statuses, the REPL.
+-- cli_spec.lua — the lmp executable: options like lua's, `arg`, exit statuses, the REPL read
+-- plainly from a pipe (the terminal side is repl_spec.lua).
 local H = require "helper"
 
 local LMP = os.getenv("LMP_EXE") or "build/lmp"
@@ -104,4 +105,35 @@ describe("the lmp executable", function()
     assert.are.equal(0, code, err)
     assert.matches("> 9\n", out)
   end)
+
+  it("-i prints one banner, and a REPL on a pipe writes no escape codes", function()
+    local out, _, code = sh(LMP .. " -i", "1 + 1\n")
+    assert.are.equal(0, code)
+    local banners = 0
+    for line in out:gmatch("[^\n]+") do
+      if line:match("^lmp %d+%.%d+") then banners = banners + 1 end
+    end
+    assert.are.equal(1, banners, out)
+    assert.matches("^lmp %d+%.%d+%.%d+ %(Lua 5%.4%.%d+%)", out)
+    assert.is_nil(out:find("\27", 1, true), "escape codes in: " .. out)
+    assert.matches("> 2\n", out)
+  end)
+
+  it("the REPL keeps the last value in _ and times a statement after %time", function()
+    local out, err, code = sh(LMP .. " -i", "x = 21\nx * 2\n_ + 1\n%time _ * 2\n")
+    assert.are.equal(0, code, err)
+    assert.matches("> 42\n", out)
+    assert.matches("> 43\n", out)
+    assert.matches("> 86\ntime: [%d.]+ %S*s\n", out)
+  end)
+
+  it("the REPL loads what it reads as text only, never as a binary chunk", function()
+    local chunk = string.dump(function() return "ran bytecode" end)
+    local out, err, code = sh(LMP .. " -i", chunk:gsub("\n", " ") .. "\n'after'\n")
+    assert.are.equal(0, code)
+    assert.is_nil(out:find("ran bytecode", 1, true))
+    assert.matches("binary chunk", err)
+    assert.matches('"after"', out)
+  end)
 end)
+

@@ -377,6 +377,94 @@ ROWS[#ROWS + 1] = {
   target = "≥ 3× CPython's Manager",
 }
 
+-- lmp --map (the command line): records/s of a trivial transform over 1e6 JSON lines on 2
+-- workers, against a serial lua5.4 + lua-cjson loop over the same file and transform, with
+-- jq's rate on the same transform beside them. The figure is lmp's rate / the serial rate.
+do
+  local N = 1000000
+  local function timed(cmd)
+    local t0 = now()
+    local ok = os.execute(cmd)
+    local dt = now() - t0
+    if not ok then error("failed: " .. cmd, 0) end
+    return dt
+  end
+  local function count_lines(path)
+    local f = assert(io.open(path, "rb"))
+    local n = 0
+    while true do
+      local block = f:read(1 << 20)
+      if not block then break end
+      local _, k = block:gsub("\n", "")
+      n = n + k
+    end
+    f:close()
+    return n
+  end
+  -- How much faster two CPU-bound processes get through work than one, on this machine now
+  -- (2.0 on two free cores): the ceiling of any speed-up on 2 workers in this run.
+  local function cpu_scaling()
+    local loop = "lua5.4 -e 'local s = 0 for i = 1, 1e8 do s = s + i end'"
+    local one = timed(loop)
+    local two = timed("(" .. loop .. " & " .. loop .. " & wait)")
+    return 2 * one / two
+  end
+  ROWS[#ROWS + 1] = {
+    name = "map_cli", unit = "x", better = "higher",
+    desc = "lmp --map, trivial transform (.n = .id * 2), 1e6 JSON lines, 2 workers, vs serial lua5.4 + lua-cjson; jq beside",
+    lmp = function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. shell_quote(dir)))
+      local input, out = dir .. "/in.jsonl", dir .. "/out.jsonl"
+      local f = assert(io.open(input, "wb"))
+      for i = 1, N, 1000 do
+        local buf = {}
+        for j = i, math.min(i + 999, N) do
+          buf[#buf + 1] = ('{"id":%d,"name":"user%d","score":%.3f,"tags":["a","b"]}\n'):format(j, j, j / 7)
+        end
+        f:write(table.concat(buf))
+      end
+      f:close()
+      local script = dir .. "/t.lua"
+      f = assert(io.open(script, "wb"))
+      f:write("return function(r) r.n = r.id * 2 return r end\n")
+      f:close()
+      local serial = dir .. "/serial.lua"
+      f = assert(io.open(serial, "wb"))
+      f:write([[
+local cjson = require "cjson"
+local f = dofile(arg[1])
+local out = assert(io.open(arg[3], "wb"))
+out:setvbuf("full", 65536)
+for line in io.lines(arg[2]) do out:write(cjson.encode(f(cjson.decode(line))), "\n") end
+out:close()
+]])
+      f:close()
+      local res = table.pack(pcall(function()
+        local t_serial = timed(("lua5.4 %s %s %s %s"):format(shell_quote(serial), shell_quote(script),
+          shell_quote(input), shell_quote(out)))
+        assert(count_lines(out) == N, "serial loop: wrong line count")
+        local t_lmp = timed(("%s --map %s %s -P %d -o %s"):format(shell_quote(LMP_EXE), shell_quote(script),
+          shell_quote(input), WORKERS, shell_quote(out)))
+        assert(count_lines(out) == N, "lmp --map: wrong line count")
+        local jq = "n/a"
+        if os.execute("command -v jq >/dev/null 2>&1") then
+          local t_jq = timed(("jq -c '.n = .id * 2' %s > %s"):format(shell_quote(input), shell_quote(out)))
+          jq = ("%.0f rec/s (lmp %.2f× jq)"):format(N / t_jq, t_jq / t_lmp)
+        end
+        return t_serial / t_lmp, ("lmp=%.0f rec/s serial=%.0f rec/s jq=%s; 2 CPU-bound processes "
+          .. "ran %.2f× one"):format(N / t_lmp, N / t_serial, jq, cpu_scaling())
+      end))
+      os.execute("rm -rf " .. shell_quote(dir))
+      if not res[1] then error(res[2], 0) end
+      return res[2], res[3]
+    end,
+    checks = { { min = 1.6 } },
+    target = "≥ 1.6× the serial loop",
+  }
+end
+
 -- Measuring ----------------------------------------------------------------------------------
 
 -- Runs bench_cpython.py <row>; returns the figure and the rest of its line.
