@@ -63,14 +63,7 @@ function mp.poll(timeout)
 end
 
 -- Start methods ------------------------------------------------------------------------------
-local start_method = "fork"
-function mp.set_start_method(method)
-  if method ~= "fork" and method ~= "spawn" then
-    errors.argerror("set_start_method", 1, "\"fork\" or \"spawn\" expected, got " .. tostring(method))
-  end
-  core.set_start_method(method)
-  start_method = method
-end
-function mp.get_start_method() return start_method end
+mp.set_start_method = core.set_start_method -- a spawned child reports "spawn" too
+mp.get_start_method = core.get_start_method
 
 return mp
