@@ -31,7 +31,8 @@ static double run_tick(lua_State *L) { return tick_hook ? tick_hook(L) : 0.05; }
 
 int lmp_futex_wait(uint32_t *w, uint32_t val, double secs) {
   struct timespec ts;
-  if (secs < 0) secs = 0;
+  if (!(secs > 0)) secs = 0; /* NaN too */
+  if (secs > 3600) secs = 3600; /* callers wait in slices; never hand the kernel an overflow */
   ts.tv_sec = (time_t)secs;
   ts.tv_nsec = (long)((secs - (double)ts.tv_sec) * 1e9);
   if (syscall(SYS_futex, w, FUTEX_WAIT, val, &ts, NULL, 0) == 0) return 0;
@@ -161,9 +162,8 @@ int lmp_mutex_unlock(lmp_mutex *m) {
 }
 
 double lmp_opt_timeout(lua_State *L, int idx) {
-  int block = lua_isnoneornil(L, idx) ? 1 : lua_toboolean(L, idx);
-  if (!block) return 0;
-  if (lua_isnoneornil(L, idx + 1)) return -1;
-  double t = luaL_checknumber(L, idx + 1);
-  return t < 0 ? 0 : t;
+  int t = lua_type(L, idx);
+  if (t != LUA_TNONE && t != LUA_TNIL && t != LUA_TBOOLEAN) lmp_typeerror(L, idx, "boolean");
+  double timeout = lmp_checktimeout(L, idx + 1);
+  return (t == LUA_TBOOLEAN && !lua_toboolean(L, idx)) ? 0 : timeout;
 }
