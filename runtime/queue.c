@@ -46,11 +46,13 @@ typedef struct queueobj {
 ** us, so the buffers are kept rather than owned by the call). */
 static __thread lmp_buf enc_buf, dec_buf;
 
+/* The queue at idx (any of the three kinds): TypeError for another value, ValueError once
+** its memory is released (__close). */
 static queueobj *check_queue(lua_State *L, int idx) {
   queueobj *q = NULL;
   for (int k = 0; k < 3 && q == NULL; k++) q = luaL_testudata(L, idx, qname[k]);
-  if (q == NULL) luaL_typeerror(L, idx, "lmp.Queue");
-  if (q->o.arena == NULL) luaL_error(L, "queue is released");
+  if (q == NULL) lmp_typeerror(L, idx, "lmp.Queue, lmp.SimpleQueue or lmp.JoinableQueue");
+  if (q->o.arena == NULL) lmp_raise(L, "ValueError", "queue is closed");
   return q;
 }
 
@@ -232,10 +234,13 @@ static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
     __atomic_store_n(&s->head, head + HDR + h[0], __ATOMIC_RELEASE);
     __atomic_add_fetch(&s->rseq, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->wwaiters, __ATOMIC_SEQ_CST) > 0) lmp_futex_wake(&s->rseq, INT_MAX);
-    if (assembling && (h[1] & F_LAST)) break;
+    if ((h[1] & F_LAST) && !(h[1] & F_ABORT)) {
+      /* a committed item left the ring: it no longer counts, whether it is returned or was
+      ** dropped (the rest of an item whose reader was interrupted, or no memory for it) */
+      __atomic_sub_fetch(&s->nitems, 1, __ATOMIC_SEQ_CST);
+      if (assembling) return 0;
+    }
   }
-  __atomic_sub_fetch(&s->nitems, 1, __ATOMIC_SEQ_CST);
-  return 0;
 }
 
 /* ---- Lua methods ---- */
@@ -247,16 +252,24 @@ static void do_put(lua_State *L, queueobj *q, double timeout) {
   if (enc_buf.cap > (4u << 20)) lmp_buf_free(&enc_buf);
 }
 
+static void check_item(lua_State *L) {
+  if (lua_isnone(L, 2)) lmp_argerror(L, 2, "TypeError", "value expected (nil is a value too)");
+}
+
+/* put(v [, block [, timeout]]) */
 static int l_put(lua_State *L) {
   queueobj *q = check_open(L, 1);
-  luaL_checkany(L, 2);
-  do_put(L, q, lmp_opt_timeout(L, 3));
+  check_item(L);
+  lmp_checknargs(L, 4);
+  double timeout = lmp_opt_timeout(L, 3);
+  do_put(L, q, timeout);
   return 0;
 }
 
 static int l_put_nowait(lua_State *L) {
   queueobj *q = check_open(L, 1);
-  luaL_checkany(L, 2);
+  check_item(L);
+  lmp_checknargs(L, 2);
   do_put(L, q, 0);
   return 0;
 }
@@ -279,44 +292,70 @@ static int do_get(lua_State *L, queueobj *q, double timeout) {
   return 1;
 }
 
+/* get([block [, timeout]]) */
 static int l_get(lua_State *L) {
   queueobj *q = check_open(L, 1);
+  lmp_checknargs(L, 3);
   return do_get(L, q, lmp_opt_timeout(L, 2));
 }
 
-static int l_get_nowait(lua_State *L) { return do_get(L, check_open(L, 1), 0); }
+static int l_get_nowait(lua_State *L) {
+  queueobj *q = check_open(L, 1);
+  lmp_checknargs(L, 1);
+  return do_get(L, q, 0);
+}
+
+/* The queue of a method that takes no argument. */
+static shm_queue *check_noargs(lua_State *L) {
+  queueobj *q = check_queue(L, 1);
+  lmp_checknargs(L, 1);
+  return q->o.p;
+}
 
 static int l_qsize(lua_State *L) {
-  shm_queue *s = check_queue(L, 1)->o.p;
+  shm_queue *s = check_noargs(L);
   int64_t n = __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST);
   lua_pushinteger(L, n < 0 ? 0 : n);
   return 1;
 }
 
 static int l_empty(lua_State *L) {
-  shm_queue *s = check_queue(L, 1)->o.p;
+  shm_queue *s = check_noargs(L);
   lua_pushboolean(L, __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST) <= 0);
   return 1;
 }
 
 static int l_full(lua_State *L) {
-  shm_queue *s = check_queue(L, 1)->o.p;
+  shm_queue *s = check_noargs(L);
   lua_pushboolean(L, s->maxsize > 0 && __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST) >= s->maxsize);
   return 1;
 }
 
 /* close(): this handle puts and gets no more (other handles are unaffected). */
 static int l_close(lua_State *L) {
-  check_queue(L, 1)->closed = 1;
+  queueobj *q = check_queue(L, 1);
+  lmp_checknargs(L, 1);
+  q->closed = 1;
   return 0;
 }
 
-static int l_noop(lua_State *L) { return 0; }
+static int l_noop(lua_State *L) {
+  check_queue(L, 1);
+  lmp_checknargs(L, 1);
+  return 0;
+}
+
+/* The JoinableQueue at 1 (task_done and join exist only there). */
+static queueobj *check_joinable(lua_State *L) {
+  queueobj *q = luaL_testudata(L, 1, qname[Q_JOINABLE]);
+  if (q == NULL) lmp_typeerror(L, 1, qname[Q_JOINABLE]);
+  return check_queue(L, 1);
+}
 
 static int l_task_done(lua_State *L) {
-  queueobj *q = check_queue(L, 1);
+  queueobj *q = check_joinable(L);
   shm_queue *s = q->o.p;
-  if (q->kind != Q_JOINABLE) return luaL_error(L, "task_done needs a JoinableQueue");
+  lmp_checknargs(L, 1);
   uint32_t v = __atomic_load_n(&s->unfinished, __ATOMIC_SEQ_CST);
   do {
     if (v == 0) return lmp_raise(L, "ValueError", "task_done() called too many times");
@@ -328,11 +367,11 @@ static int l_task_done(lua_State *L) {
 
 /* join([timeout]) -> true when every item was task_done, false on timeout. */
 static int l_join(lua_State *L) {
-  queueobj *q = check_queue(L, 1);
+  queueobj *q = check_joinable(L);
   shm_queue *s = q->o.p;
-  if (q->kind != Q_JOINABLE) return luaL_error(L, "join needs a JoinableQueue");
+  lmp_checknargs(L, 2);
   lmp_deadline d;
-  lmp_deadline_init(&d, lua_isnoneornil(L, 2) ? -1 : luaL_checknumber(L, 2));
+  lmp_deadline_init(&d, lmp_checktimeout(L, 2));
   for (;;) {
     uint32_t v = __atomic_load_n(&s->unfinished, __ATOMIC_SEQ_CST);
     if (v == 0) break;
@@ -348,7 +387,11 @@ static int l_join(lua_State *L) {
 }
 
 /* _ready(): an item can be taken now (for mp.wait). */
-static int l_ready(lua_State *L) { return l_empty(L), lua_pushboolean(L, !lua_toboolean(L, -1)), 1; }
+static int l_ready(lua_State *L) {
+  shm_queue *s = check_noargs(L);
+  lua_pushboolean(L, __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST) > 0);
+  return 1;
+}
 
 static int q_gc(lua_State *L) {
   queueobj *q = lua_touserdata(L, 1);
@@ -358,7 +401,8 @@ static int q_gc(lua_State *L) {
 
 static int q_encode(lua_State *L) {
   queueobj *q = lua_touserdata(L, 1);
-  if (q == NULL || q->o.arena == NULL) return luaL_error(L, "cannot send a released queue");
+  if (q == NULL || q->o.arena == NULL)
+    return lmp_raise(L, "SerializationError", "cannot send a closed queue");
   lmp_shm_obj *objs[1] = {&q->o};
   return lmp_shm_push_handle(L, qname[q->kind], objs, 1, "", 0);
 }
@@ -373,24 +417,28 @@ static int q_decode(lua_State *L) {
   shm_queue *s = q->o.p;
   size_t room = lmp_shm_capacity(&q->o);
   if (room < sizeof(shm_queue) || s->kind > Q_JOINABLE || s->cap == 0 ||
-      s->cap > room - sizeof(shm_queue))
-    return luaL_error(L, "malformed queue handle");
+      s->cap > room - sizeof(shm_queue) || xl != 0)
+    return lmp_raise(L, "SerializationError", "malformed queue handle");
   q->kind = (int)s->kind;
   luaL_setmetatable(L, qname[q->kind]);
   return 1;
 }
 
+/* Queue([maxsize]), JoinableQueue([maxsize]) (0 or negative: no limit), SimpleQueue(). */
 static int new_queue(lua_State *L, int kind) {
-  lua_Integer maxsize = kind == Q_SIMPLE ? 0 : luaL_optinteger(L, 1, 0);
+  lmp_checknargs(L, kind == Q_SIMPLE ? 0 : 1);
+  lua_Integer maxsize = kind == Q_SIMPLE ? 0 : lmp_optinteger(L, 1, 0);
   if (maxsize < 0) maxsize = 0;
-  luaL_argcheck(L, maxsize <= INT32_MAX, 1, "maxsize too large");
+  if (maxsize > INT32_MAX)
+    return lmp_argerror(L, 1, "ValueError", "maxsize must be at most %d", INT32_MAX);
   queueobj *q = lua_newuserdatauv(L, sizeof *q, 0);
   q->o.arena = NULL;
   q->kind = kind;
   q->closed = 0;
   luaL_setmetatable(L, qname[kind]);
   if (lmp_shm_alloc(sizeof(shm_queue) + RING_CAP, &q->o) != 0)
-    return luaL_error(L, "cannot allocate shared memory: %s", strerror(errno));
+    return lmp_raise(L, "ProcessError", "cannot allocate shared memory for a queue: %s",
+                     strerror(errno));
   shm_queue *s = q->o.p;
   s->kind = (uint32_t)kind;
   s->maxsize = (uint32_t)maxsize;
@@ -406,15 +454,15 @@ static int l_JoinableQueue(lua_State *L) { return new_queue(L, Q_JOINABLE); }
 static int l_put_bytes(lua_State *L) {
   queueobj *q = check_open(L, 1);
   size_t n;
-  const char *p = luaL_checklstring(L, 2, &n);
-  put_bytes(L, q->o.p, p, n, lua_isnoneornil(L, 3) ? -1 : luaL_checknumber(L, 3));
+  const char *p = lmp_checklstring(L, 2, &n);
+  put_bytes(L, q->o.p, p, n, lmp_checktimeout(L, 3));
   return 0;
 }
 
 static int l_get_bytes(lua_State *L) {
   queueobj *q = check_open(L, 1);
   shm_queue *s = q->o.p;
-  double t = lua_isnoneornil(L, 2) ? -1 : luaL_checknumber(L, 2);
+  double t = lmp_checktimeout(L, 2);
   if (lmp_mutex_lock(L, &s->rlock, t) == LMP_LOCK_TIMEOUT)
     return lmp_raise(L, "Empty", "queue is empty");
   int r = get_bytes(L, s, &dec_buf, t);

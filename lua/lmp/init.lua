@@ -54,9 +54,7 @@ for k, v in pairs(require "lmp.shared") do mp[k] = v end
 --- Processes ready events and runs pending callbacks without blocking, or waits up to
 --- timeout seconds for something to happen. Returns how many callbacks ran.
 function mp.poll(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    errors.argerror("poll", 1, "non-negative number or nil expected")
-  end
+  if timeout ~= nil then errors.timeout(timeout, "poll", "timeout") end -- the one rule
   local before = pool.callbacks_run
   core.run_once(timeout or 0)
   return pool.callbacks_run - before
