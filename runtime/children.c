@@ -55,6 +55,8 @@ void lmp__child_commit(pid_t pid) {
 
 void lmp__children_clear(void) { n_children = 0; }
 
+int lmp__children_count(void) { return n_children; }
+
 /* Reaps c if it has exited; returns 1 when it is (now or already) reaped. */
 static int reap_one(child *c) {
   if (c->reaped) return 1;

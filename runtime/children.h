@@ -35,6 +35,8 @@ void lmp__children_clear(void);
 int lmp__child_take_status(pid_t pid, int *code);
 /* 1 when child pid has exited (or is not in the table), without dropping its entry. */
 int lmp__child_exited(pid_t pid);
+/* Entries in the table (for the specs: it must not grow with children that are over). */
+int lmp__children_count(void);
 /* Sends sig to child pid unless it has exited; 1 sent, 0 already exited, -1 not in the table. */
 int lmp__child_signal(pid_t pid, int sig);
 

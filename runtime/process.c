@@ -143,6 +143,12 @@ static int l_detach(lua_State *L) {
   return 0;
 }
 
+/* children_stats() -> entries in the children table */
+static int l_children_stats(lua_State *L) {
+  lua_pushinteger(L, lmp__children_count());
+  return 1;
+}
+
 static int l_pid_alive(lua_State *L) {
   pid_t pid = check_pid(L, 1);
   lua_pushboolean(L, kill(pid, 0) == 0 || errno == EPERM);
@@ -153,6 +159,7 @@ void lmp__open_process(lua_State *L) {
   static const luaL_Reg fns[] = {{"fork", l_fork},     {"status", l_status},
                                  {"join", l_join},     {"signal", l_signal},
                                  {"detach", l_detach}, {"pid_alive", l_pid_alive},
+                                 {"children_stats", l_children_stats},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
   lmp__open_spawn(L);

@@ -198,13 +198,17 @@ static void check_writer(shm_queue *s) {
     lmp_mutex_unlock(&s->wlock);
 }
 
-/* Reads one item into out; returns 0, -1 on timeout before an item started, or -2 when the
-** loop raised (error on the stack; a partly read item is lost, the rest of the queue is
-** intact). The caller holds rlock. */
+/* Reads one item into out; returns 0, -1 on timeout before an item started, -2 when the loop
+** raised (error on the stack; a partly read item is lost, the rest of the queue is intact), or
+** -3 when there was no memory for the item (it was dropped whole). The caller holds rlock.
+** Chunks of an item this reader did not see start (the rest of an item whose reader was
+** interrupted or killed) are dropped; every committed item that leaves the ring stops
+** counting in nitems. */
 static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
+  enum { IDLE, ASSEMBLING, DROPPING } state = IDLE;
   lmp_deadline d;
   lmp_deadline_init(&d, timeout);
-  int assembling = 0, spun = 0;
+  int spun = 0;
   for (;;) {
     uint32_t seq = __atomic_load_n(&s->wseq, __ATOMIC_SEQ_CST);
     uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE), head = s->head;
@@ -212,20 +216,19 @@ static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
       int r = wait_on(L, &s->wseq, seq, &s->rwaiters, &d, &spun);
       if (r == -2) return -2;
       if (r < 0) {
-        if (!assembling) return -1;
-        check_writer(s);
+        if (state == IDLE) return -1;
+        check_writer(s); /* an item that started is waited for while its writer lives */
         lmp_deadline_init(&d, 0.05);
       }
       continue;
     }
     uint32_t h[2];
     ring_get(s, head, h, HDR);
-    if (h[1] & F_ABORT) assembling = 0;
-    else if (h[1] & F_FIRST) out->len = 0, assembling = 1;
-    if (assembling) {
+    if (h[1] & F_ABORT) state = IDLE;
+    else if (h[1] & F_FIRST) out->len = 0, state = ASSEMBLING;
+    if (state == ASSEMBLING) {
       if (lmp_buf_reserve(out, h[0]) != 0) {
-        /* no memory for this item: drop it whole, keep the queue consistent */
-        assembling = 0;
+        state = DROPPING; /* no memory for this item: drop it whole, keep the queue sound */
       } else {
         ring_get(s, head + HDR, out->p + out->len, h[0]);
         out->len += h[0];
@@ -235,12 +238,19 @@ static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
     __atomic_add_fetch(&s->rseq, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->wwaiters, __ATOMIC_SEQ_CST) > 0) lmp_futex_wake(&s->rseq, INT_MAX);
     if ((h[1] & F_LAST) && !(h[1] & F_ABORT)) {
-      /* a committed item left the ring: it no longer counts, whether it is returned or was
-      ** dropped (the rest of an item whose reader was interrupted, or no memory for it) */
       __atomic_sub_fetch(&s->nitems, 1, __ATOMIC_SEQ_CST);
-      if (assembling) return 0;
+      if (state == ASSEMBLING) return 0;
+      if (state == DROPPING) return -3;
     }
   }
+}
+
+/* Raises what a failed get_bytes stands for. */
+static int get_failed(lua_State *L, int r) {
+  if (r == -2) return lua_error(L);
+  if (r == -3)
+    return lmp_raise(L, "ProcessError", "not enough memory for a queue item (it was dropped)");
+  return lmp_raise(L, "Empty", "queue is empty");
 }
 
 /* ---- Lua methods ---- */
@@ -283,10 +293,9 @@ static int do_get(lua_State *L, queueobj *q, double timeout) {
   if (lmp_mutex_lock(L, &s->rlock, timeout) == LMP_LOCK_TIMEOUT)
     return lmp_raise(L, "Empty", "queue is empty");
   double left = d.forever ? -1 : d.end - lmp_monotonic();
-  int r = get_bytes(L, s, &dec_buf, d.forever ? -1 : (left < 0 ? 0 : left));
+  int r = get_bytes(L, s, &dec_buf, d.forever ? LMP_FOREVER : (left < 0 ? 0 : left));
   lmp_mutex_unlock(&s->rlock);
-  if (r == -2) return lua_error(L);
-  if (r < 0) return lmp_raise(L, "Empty", "queue is empty");
+  if (r < 0) return get_failed(L, r);
   lmp_decode(L, dec_buf.p, dec_buf.len, NULL, 0);
   if (dec_buf.cap > (4u << 20)) lmp_buf_free(&dec_buf);
   return 1;
@@ -467,8 +476,7 @@ static int l_get_bytes(lua_State *L) {
     return lmp_raise(L, "Empty", "queue is empty");
   int r = get_bytes(L, s, &dec_buf, t);
   lmp_mutex_unlock(&s->rlock);
-  if (r == -2) return lua_error(L);
-  if (r < 0) return lmp_raise(L, "Empty", "queue is empty");
+  if (r < 0) return get_failed(L, r);
   lua_pushlstring(L, dec_buf.p, dec_buf.len);
   return 1;
 }
