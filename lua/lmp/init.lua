@@ -18,7 +18,7 @@ mp.iserror = errors.iserror
 -- Codec ------------------------------------------------------------------------------------
 function mp.encode(v, root) return core.encode(v, root) end
 function mp.decode(s)
-  if type(s) ~= "string" then errors.argerror("decode", 1, "string expected, got " .. type(s)) end
+  if type(s) ~= "string" then errors.typeerror("decode", "the message", "a string", s) end
   return core.decode(s)
 end
 
@@ -38,7 +38,8 @@ mp.monotonic = core.monotonic
 --- Sleeps for seconds (fractional). In the parent the event loop runs meanwhile, so results,
 --- callbacks and child exits are handled; Ctrl-C raises InterruptedError.
 function mp.sleep(seconds)
-  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
+  if type(seconds) ~= "number" then errors.typeerror("sleep", "seconds", "a number", seconds) end
+  if seconds ~= seconds or seconds < 0 then
     errors.argerror("sleep", 1, "non-negative number expected, got " .. tostring(seconds))
   end
   core.sleep(seconds)
