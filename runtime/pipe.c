@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bytes.h"
@@ -74,12 +75,22 @@ static conn *push_conn(lua_State *L, int fd, int readable, int writable) {
   return c;
 }
 
+/* poll(2) for up to secs seconds, to the nanosecond (a 1 µs wait is not a 1 ms one). */
+static int poll_for(struct pollfd *p, nfds_t n, double secs) {
+  struct timespec ts = {0, 0};
+  if (secs > 0) {
+    ts.tv_sec = (time_t)secs;
+    ts.tv_nsec = (long)((secs - (double)ts.tv_sec) * 1e9);
+  }
+  return ppoll(p, n, &ts, NULL);
+}
+
 /* Waits for events on fd for one slice; returns -1 when the deadline has passed. */
 static int wait_fd(lua_State *L, int fd, short events, lmp_deadline *d) {
   double s = lmp_deadline_slice(L, d, 0.5);
   if (s < 0) return -1;
   struct pollfd p = {fd, events, 0};
-  poll(&p, 1, (int)(s * 1000) + (s > 0 && s < 0.001));
+  poll_for(&p, 1, s);
   return 0;
 }
 
@@ -105,7 +116,7 @@ static void wait_fd_midframe(lua_State *L, int fd, int *pending) {
     else lua_pop(L, 1), *pending = -1;
   }
   struct pollfd p = {fd, POLLOUT, 0};
-  poll(&p, 1, (int)(s * 1000) + 1);
+  poll_for(&p, 1, s);
 }
 
 /* Sends header + payload (+ fds on the first byte), blocking in slices. */
@@ -495,7 +506,7 @@ static int l_wait_fds(lua_State *L) {
     p[i] = (struct pollfd){(int)lua_tointeger(L, -1), POLLIN, 0};
     lua_pop(L, 1);
   }
-  int r = poll(p, (nfds_t)n, s < 0 ? 0 : (int)(s * 1000));
+  int r = poll_for(p, (nfds_t)n, s);
   if (p != stack) free(p);
   lua_pushboolean(L, r > 0);
   return 1;

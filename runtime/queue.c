@@ -119,6 +119,7 @@ static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, l
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+    if ((i & 255) == 255 && !d->forever && lmp_monotonic() >= d->end) break; /* a short wait */
   }
   *spun = 1; /* once per operation: a long wait sleeps */
   double sl = lmp_deadline_slice(NULL, d, 0.05);

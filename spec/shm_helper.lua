@@ -68,15 +68,17 @@ end
 
 --- Runs a Lua snippet with the lmp executable under `timeout -s KILL seconds`, so that a
 --- regression that hangs fails (status 137) instead of hanging the suite. The snippet gets
---- `mp` and the spec directory on its package path. Returns stdout, stderr, exit status.
-function S.run_bounded(code, seconds)
+--- `mp` and the spec directory on its package path. prefix (optional) is a command put before
+--- timeout: `prlimit --nofile=64`, `setpriv ...`. Returns stdout, stderr, exit status.
+function S.run_bounded(code, seconds, prefix)
   local src = H.tmpname()
   local f = assert(io.open(src, "w"))
   f:write(("package.path = %q .. package.path\n"):format(S.dir .. "?.lua;"),
     'local mp = require "lmp"\n', code)
   f:close()
   local out, err = H.tmpname(), H.tmpname()
-  local cmd = ("exec timeout -s KILL %d %s %s >%s 2>%s"):format(seconds or 30,
+  os.execute("chmod 644 " .. src) -- readable by another user (setpriv)
+  local cmd = ("exec %s timeout -s KILL %d %s %s >%s 2>%s"):format(prefix or "", seconds or 30,
     os.getenv("LMP_EXE") or "build/lmp", src, out, err)
   local _, how, status = os.execute(cmd)
   return H.slurp(out), H.slurp(err), (how == "exit") and status or -status
