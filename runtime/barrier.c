@@ -192,10 +192,18 @@ static int dec_barrier(lua_State *L) {
   return 1;
 }
 
+static int barrier_tostring(lua_State *L) {
+  syncobj *s = lua_touserdata(L, 1);
+  shm_barrier *b = s->o.p;
+  if (s->o.arena == NULL) return lmp__sync_tostring(L, "");
+  return lmp__sync_tostring(L, "parties=%d n_waiting=%d%s", (int)b->parties,
+                            (int)(b->draining ? 0 : b->count), b->broken ? " broken" : "");
+}
+
 void lmp__open_barrier(lua_State *L, int core) {
   static const luaL_Reg barrier_m[] = {{"wait", l_barrier_wait}, {"reset", l_barrier_reset},
                                        {"abort", l_barrier_abort}, {NULL, NULL}};
-  lmp__sync_class(L, K_BARRIER, barrier_m, barrier_encode);
+  lmp__sync_class(L, K_BARRIER, barrier_m, barrier_encode, barrier_tostring);
   luaL_getmetatable(L, lmp__sync_name[K_BARRIER]);
   lua_getfield(L, -1, "__index"); /* L: mt methods */
   lua_pushcclosure(L, barrier_index, 1);

@@ -231,13 +231,19 @@ static int dec_cond(lua_State *L) {
   return 1;
 }
 
+static int cond_tostring(lua_State *L) {
+  lua_getiuservalue(L, 1, 1);
+  const char *lock = luaL_tolstring(L, -1, NULL);
+  return lmp__sync_tostring(L, "over %s", lock);
+}
+
 void lmp__open_cond(lua_State *L, int core) {
   static const luaL_Reg cond_m[] = {
       {"acquire", l_cond_acquire}, {"release", l_cond_release}, {"wait", l_cond_wait},
       {"wait_for", l_cond_wait_for}, {"notify", l_cond_notify},
       {"notify_all", l_cond_notify_all}, {"with", lmp__with},
       {NULL, NULL}};
-  lmp__sync_class(L, K_COND, cond_m, cond_encode);
+  lmp__sync_class(L, K_COND, cond_m, cond_encode, cond_tostring);
   lua_pushcfunction(L, new_cond);
   lua_setfield(L, core, "Condition");
   lmp_shm_register(L, core, lmp__sync_name[K_COND], dec_cond);

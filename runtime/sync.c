@@ -7,6 +7,7 @@
 */
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "sync.h"
@@ -96,10 +97,23 @@ int lmp__sync_encode(lua_State *L) {
   return lmp_shm_push_handle(L, lmp__sync_name[s->kind], objs, 1, "", 0);
 }
 
-void lmp__sync_class(lua_State *L, int kind, const luaL_Reg *methods, lua_CFunction encode) {
+void lmp__sync_class(lua_State *L, int kind, const luaL_Reg *methods, lua_CFunction encode,
+                     lua_CFunction tostring) {
   const luaL_Reg meta[] = {{"__gc", obj_gc}, {"__close", obj_gc}, {"__lmp_encode", encode},
-                           {NULL, NULL}};
+                           {"__tostring", tostring}, {NULL, NULL}};
   lmp_shm_newclass(L, lmp__sync_name[kind], methods, meta);
+}
+
+int lmp__sync_tostring(lua_State *L, const char *fmt, ...) {
+  syncobj *s = lua_touserdata(L, 1);
+  if (s->o.arena == NULL)
+    return lua_pushfstring(L, "<%s at %p closed>", lmp__sync_name[s->kind], (void *)s), 1;
+  va_list ap;
+  va_start(ap, fmt);
+  const char *state = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_pushfstring(L, "<%s at %p %s>", lmp__sync_name[s->kind], (void *)s, state);
+  return 1;
 }
 
 /* Decodes a one-object handle of kind (payload at 1, fd at 2). */
@@ -201,6 +215,15 @@ static int new_rlock(lua_State *L) {
   return 1;
 }
 
+static int lock_tostring(lua_State *L) {
+  syncobj *s = lua_touserdata(L, 1);
+  shm_lock *k = s->o.p;
+  uint32_t owner = s->o.arena ? lmp_mutex_owner(&k->m) : 0;
+  if (owner == 0) return lmp__sync_tostring(L, "unlocked");
+  if (s->kind == K_RLOCK) return lmp__sync_tostring(L, "locked by %d, count %d", (int)owner, (int)k->count);
+  return lmp__sync_tostring(L, "locked by %d", (int)owner);
+}
+
 static int dec_lock(lua_State *L) { return decode_kind(L, K_LOCK, sizeof(shm_lock)); }
 static int dec_rlock(lua_State *L) { return decode_kind(L, K_RLOCK, sizeof(shm_lock)); }
 
@@ -279,6 +302,12 @@ static int l_sem_value(lua_State *L) {
   return 1;
 }
 
+static int sem_tostring(lua_State *L) {
+  syncobj *s = lua_touserdata(L, 1);
+  shm_sem *m = s->o.p;
+  return lmp__sync_tostring(L, "value=%d", s->o.arena ? (int)m->value : 0);
+}
+
 static int dec_sem(lua_State *L) { return decode_kind(L, K_SEM, sizeof(shm_sem)); }
 static int dec_bsem(lua_State *L) { return decode_kind(L, K_BSEM, sizeof(shm_sem)); }
 
@@ -335,6 +364,12 @@ static int l_event_wait(lua_State *L) {
   return 1;
 }
 
+static int event_tostring(lua_State *L) {
+  syncobj *s = lua_touserdata(L, 1);
+  shm_event *e = s->o.p;
+  return lmp__sync_tostring(L, s->o.arena && __atomic_load_n(&e->flag, __ATOMIC_SEQ_CST) ? "set" : "unset");
+}
+
 static int dec_event(lua_State *L) { return decode_kind(L, K_EVENT, sizeof(shm_event)); }
 
 /* ---- opening ---- */
@@ -345,7 +380,8 @@ static void open_locks(lua_State *L) {
                                     {"locked", l_lock_locked},   {"with", lmp__with},
                                     {NULL, NULL}};
   const luaL_Reg meta[] = {{"__gc", obj_gc}, {"__close", obj_gc},
-                           {"__lmp_encode", lmp__sync_encode}, {NULL, NULL}};
+                           {"__lmp_encode", lmp__sync_encode}, {"__tostring", lock_tostring},
+                           {NULL, NULL}};
   for (int k = 0; k < 2; k++) {
     luaL_newmetatable(L, lmp__sync_name[k]);
     luaL_setfuncs(L, meta, 0);
@@ -369,9 +405,9 @@ void lmp__open_sync(lua_State *L) {
   static const luaL_Reg event_m[] = {{"set", l_event_set},       {"clear", l_event_clear},
                                      {"is_set", l_event_is_set}, {"wait", l_event_wait},
                                      {NULL, NULL}};
-  lmp__sync_class(L, K_SEM, sem_m, lmp__sync_encode);
-  lmp__sync_class(L, K_BSEM, sem_m, lmp__sync_encode);
-  lmp__sync_class(L, K_EVENT, event_m, lmp__sync_encode);
+  lmp__sync_class(L, K_SEM, sem_m, lmp__sync_encode, sem_tostring);
+  lmp__sync_class(L, K_BSEM, sem_m, lmp__sync_encode, sem_tostring);
+  lmp__sync_class(L, K_EVENT, event_m, lmp__sync_encode, event_tostring);
   static const luaL_Reg ctors[] = {{"Lock", new_lock}, {"RLock", new_rlock},
                                    {"Semaphore", new_sem}, {"BoundedSemaphore", new_bsem},
                                    {"Event", new_event}, {NULL, NULL}};

@@ -37,8 +37,12 @@ int lmp__lock_acquire(lua_State *L, syncobj *s, double timeout);
 void lmp__lock_release(lua_State *L, syncobj *s);
 /* Pushes acquire's results: true | false | true, "abandoned". */
 int lmp__push_acquired(lua_State *L, int r);
-/* Creates the metatable of kind with methods in __index, __gc/__close and encode. */
-void lmp__sync_class(lua_State *L, int kind, const luaL_Reg *methods, lua_CFunction encode);
+/* Creates the metatable of kind with methods in __index, __gc/__close, encode and tostring. */
+void lmp__sync_class(lua_State *L, int kind, const luaL_Reg *methods, lua_CFunction encode,
+                     lua_CFunction tostring);
+/* Pushes "<lmp.Kind at 0x... state>" with state formatted like lua_pushfstring, or
+** "... closed>" for a closed object; for __tostring. */
+int lmp__sync_tostring(lua_State *L, const char *fmt, ...);
 /* The default handle encoder (one object, no type data). */
 int lmp__sync_encode(lua_State *L);
 /* Runs the loop's tick once when a wait of timeout seconds may sleep: raises ValueError inside

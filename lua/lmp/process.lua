@@ -132,7 +132,7 @@ end
 -- user's point of view (args[2].conf.cb, target.upvalue(x)...).
 local function encode_job(p)
   local job = { name = p.name, daemon = p.daemon, parent = identity.name }
-  if p._target then
+  if rawget(p, "_target") then
     job.fn, job.args = p._target, p._args
   else
     job.fn, job.self = p.run, self_fields(p)
@@ -162,6 +162,9 @@ function Process:start(...)
   if not pid then errors.raise("ProcessError", err) end
   rawset(self, "pid", pid)
   rawset(self, "_started", true)
+  -- the child has its own copy: the parent keeps no reference to the target and its arguments
+  rawset(self, "_target", nil)
+  rawset(self, "_args", nil)
   live[self] = true
   return self
 end
@@ -237,8 +240,8 @@ M.ProcessClass = Process
 
 -- Child side -------------------------------------------------------------------------------
 
--- Writes an uncaught error of the child to stderr (the one saved at load: the target may
--- have replaced io.stderr); never raises.
+-- Writes an uncaught error of the child to io.stderr, as the target left it (a file of its
+-- own, like Python's sys.stderr), or to the stderr of the start when it is gone; never raises.
 local function report(name, err)
   local msg
   if type(err) == "string" then
@@ -247,9 +250,10 @@ local function report(name, err)
     local ok, s = pcall(tostring, err)
     msg = ok and s or ("(error object is a " .. type(err) .. " value)")
   end
+  local out = io.type(io.stderr) == "file" and io.stderr or stderr
   pcall(function()
-    stderr:write(("Process %s:\n%s\n"):format(name, msg))
-    stderr:flush()
+    out:write(("Process %s:\n%s\n"):format(name, msg))
+    out:flush()
   end)
 end
 

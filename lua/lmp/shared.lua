@@ -23,7 +23,10 @@ local function waiter(o, i)
   if WAITABLE[name] then
     return o._ready, name == "lmp.Connection" and not o:closed() and o:_fileno() or nil
   end
-  if name == "lmp.Process" then return function(p) return not p:is_alive() end, nil end
+  if name == "lmp.Process" then
+    if o.pid == nil then errors.valueerror("wait", ("objects[%d] is a process not started"):format(i), 2) end
+    return function(p) return not p:is_alive() end, nil
+  end
   if type(o) == "table" and type(o._ready) == "function" then
     return o._ready, type(o._fileno) == "function" and o:_fileno() or nil
   end
