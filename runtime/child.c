@@ -118,7 +118,7 @@ static int child_os_exit(lua_State *L) {
   if (lua_isboolean(L, 1))
     code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
   else
-    code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+    code = (int)lmp_optinteger(L, 1, EXIT_SUCCESS);
   fflush(NULL);
   _exit(code);
   return 0;

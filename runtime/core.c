@@ -17,6 +17,10 @@ int luaopen_lmp_core(lua_State *L) {
   lmp__open_pool(L);
   lmp__open_result(L);
   lmp__open_shm(L);
+  lmp__open_sync(L); /* the shared-memory objects and Pipe (after shm and the codec) */
+  lmp__open_value(L);
+  lmp__open_queue(L);
+  lmp__open_pipe(L);
   lua_pushliteral(L, LMP_VERSION);
   lua_setfield(L, -2, "version");
   return 1;

@@ -102,6 +102,10 @@ void lmp__open_worker(lua_State *L);
 void lmp__open_pool(lua_State *L);
 void lmp__open_result(lua_State *L);
 void lmp__open_shm(lua_State *L);
+void lmp__open_sync(lua_State *L);
+void lmp__open_value(lua_State *L);
+void lmp__open_queue(lua_State *L);
+void lmp__open_pipe(lua_State *L);
 
 /* Embedded Lua sources (generated): name, source, length; terminated by a NULL name. */
 typedef struct lmp_embedded {

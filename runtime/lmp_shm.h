@@ -121,9 +121,4 @@ int lmp__is_lock(lua_State *L, int idx);
 ** or its error re-raised. */
 int lmp__with(lua_State *L);
 
-void lmp__open_sync(lua_State *L);
-void lmp__open_value(lua_State *L);
-void lmp__open_queue(lua_State *L);
-void lmp__open_pipe(lua_State *L);
-
 #endif

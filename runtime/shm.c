@@ -383,8 +383,4 @@ static int l_shm_stats(lua_State *L) {
 void lmp__open_shm(lua_State *L) {
   lua_pushcfunction(L, l_shm_stats);
   lua_setfield(L, -2, "shm_stats");
-  lmp__open_sync(L);
-  lmp__open_value(L);
-  lmp__open_queue(L);
-  lmp__open_pipe(L);
 }
