@@ -11,7 +11,8 @@
 --  - _TestProcess.test_forkserver_sigint, test_forkserver_sigkill, TestStartMethod.test_context,
 --    test_context_check_module_types, test_get_all, test_preload_resources: the forkserver
 --    method and contexts (get_context, get_all_start_methods) do not exist in lmp.
---  - _TestPollEintr.test_poll_eintr, TestIgnoreEINTR: need a Lua signal handler (none exists).
+--  - _TestPollEintr.test_poll_eintr: needs a Lua handler for SIGUSR1 (Lua has none;
+--    TestIgnoreEINTR is counted in cpython_connection_spec.lua).
 --  - TestForkAwareThreadLock.test_lock, TestFlags.test_flags, SemLockTests.test_semlock_subclass,
 --    TestInternalDecorators.test_only_run_in_spawn_testsuite, MiscTestCase (test__all__,
 --    test_spawn_sys_executable_none_allows_import): CPython internals and interpreter flags.
