@@ -1,10 +1,8 @@
 /*
-** core.c — the `lmp.core` module table, lmp's preloads, and the fresh Lua state of a worker.
+** core.c — the `lmp.core` module table and lmp's preloads.
 */
 #include <stdlib.h>
 #include <string.h>
-
-#include <lualib.h>
 
 #include "lmp.h"
 #include "lmp_int.h"
@@ -24,6 +22,10 @@ int luaopen_lmp_core(lua_State *L) {
   lmp__open_redis(L);
   lmp__open_clusterkey(L);
   lmp__open_shm(L);
+  lmp__open_sync(L); /* the shared-memory objects and Pipe (after shm and the codec) */
+  lmp__open_value(L);
+  lmp__open_queue(L);
+  lmp__open_pipe(L);
   lmp__open_manager(L);
   lmp__open_console(L);
   lua_pushliteral(L, LMP_VERSION);
@@ -69,36 +71,4 @@ int luaopen_lmp(lua_State *L) {
   lua_pushliteral(L, "lmp");
   lua_call(L, 1, 1);
   return 1;
-}
-
-/* Sets package.<field> to s when s is not NULL. */
-static void set_package_field(lua_State *L, const char *field, const char *s) {
-  if (s == NULL) return;
-  lua_getglobal(L, "package");
-  lua_pushstring(L, s);
-  lua_setfield(L, -2, field);
-  lua_pop(L, 1);
-}
-
-static int init_worker_state(lua_State *L) {
-  const char *path = lua_touserdata(L, 1);
-  const char *cpath = lua_touserdata(L, 2);
-  luaL_openlibs(L);
-  set_package_field(L, "path", path);
-  set_package_field(L, "cpath", cpath);
-  lmp_preload(L);
-  return 0;
-}
-
-lua_State *lmp_new_worker_state(const char *path, const char *cpath) {
-  lua_State *L = luaL_newstate();
-  if (L == NULL) return NULL;
-  lua_pushcfunction(L, init_worker_state);
-  lua_pushlightuserdata(L, (void *)path);
-  lua_pushlightuserdata(L, (void *)cpath);
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-    lua_close(L);
-    return NULL;
-  }
-  return L;
 }

@@ -31,7 +31,8 @@ static double run_tick(lua_State *L) { return tick_hook ? tick_hook(L) : 0.05; }
 
 int lmp_futex_wait(uint32_t *w, uint32_t val, double secs) {
   struct timespec ts;
-  if (secs < 0) secs = 0;
+  if (!(secs > 0)) secs = 0; /* NaN too */
+  if (secs > 3600) secs = 3600; /* callers wait in slices; never hand the kernel an overflow */
   ts.tv_sec = (time_t)secs;
   ts.tv_nsec = (long)((secs - (double)ts.tv_sec) * 1e9);
   if (syscall(SYS_futex, w, FUTEX_WAIT, val, &ts, NULL, 0) == 0) return 0;
@@ -55,9 +56,17 @@ uint32_t lmp_tid(void) {
   return cached_tid;
 }
 
+/* The last owner seen alive, and when (monotonic seconds): a try-lock in a loop must not read
+** /proc on every call, and a death is still noticed within ALIVE_TTL. */
+#define ALIVE_TTL 0.002
+static __thread uint32_t alive_tid;
+static __thread double alive_at;
+
 int lmp_owner_dead(uint32_t tid) {
   if (tid == 0) return 0;
   if (kill((pid_t)tid, 0) != 0) return errno == ESRCH;
+  double now = lmp_monotonic();
+  if (tid == alive_tid && now - alive_at < ALIVE_TTL) return 0;
   /* a killed child stays a zombie until reaped: look at its state */
   char path[48], buf[256];
   snprintf(path, sizeof path, "/proc/%u/stat", tid);
@@ -67,7 +76,9 @@ int lmp_owner_dead(uint32_t tid) {
   fclose(f);
   buf[n] = '\0';
   char *p = strrchr(buf, ')');
-  return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+  int dead = p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+  if (!dead) alive_tid = tid, alive_at = now;
+  return dead;
 }
 
 void lmp_deadline_init(lmp_deadline *d, double timeout) {
@@ -119,13 +130,14 @@ uint32_t lmp_mutex_owner(const lmp_mutex *m) { return __atomic_load_n(&m->word, 
 int lmp_mutex_lock(lua_State *L, lmp_mutex *m, double timeout) {
   uint32_t me = lmp_tid(), v;
   if (cas32(&m->word, 0, me)) return LMP_LOCK_OK;
+  lmp_deadline d;
+  lmp_deadline_init(&d, timeout);
   for (int i = 0; i < SPIN && timeout != 0; i++) {
     cpu_relax();
     if (__atomic_load_n(&m->word, __ATOMIC_RELAXED) == 0 && cas32(&m->word, 0, me))
       return LMP_LOCK_OK;
+    if ((i & 255) == 255 && !d.forever && lmp_monotonic() >= d.end) break; /* a short wait */
   }
-  lmp_deadline d;
-  lmp_deadline_init(&d, timeout);
   int check = timeout == 0;
   double cap = 0.005;
   for (;;) {
@@ -161,9 +173,8 @@ int lmp_mutex_unlock(lmp_mutex *m) {
 }
 
 double lmp_opt_timeout(lua_State *L, int idx) {
-  int block = lua_isnoneornil(L, idx) ? 1 : lua_toboolean(L, idx);
-  if (!block) return 0;
-  if (lua_isnoneornil(L, idx + 1)) return -1;
-  double t = luaL_checknumber(L, idx + 1);
-  return t < 0 ? 0 : t;
+  int t = lua_type(L, idx);
+  if (t != LUA_TNONE && t != LUA_TNIL && t != LUA_TBOOLEAN) lmp_typeerror(L, idx, "boolean");
+  double timeout = lmp_checktimeout(L, idx + 1);
+  return (t == LUA_TBOOLEAN && !lua_toboolean(L, idx)) ? 0 : timeout;
 }

@@ -114,6 +114,10 @@ void lmp__open_process(lua_State *L);
 void lmp__open_worker(lua_State *L);
 void lmp__open_pool(lua_State *L);
 void lmp__open_shm(lua_State *L);
+void lmp__open_sync(lua_State *L);
+void lmp__open_value(lua_State *L);
+void lmp__open_queue(lua_State *L);
+void lmp__open_pipe(lua_State *L);
 void lmp__open_manager(lua_State *L);
 void lmp__open_console(lua_State *L);
 

@@ -35,7 +35,8 @@ typedef struct lmp_deadline {
 void lmp_deadline_init(lmp_deadline *d, double timeout);
 
 /* The optional (block, timeout) arguments at idx, idx+1 of a blocking method, as a timeout in
-** seconds: 0 when not blocking, < 0 to wait without limit. */
+** seconds: 0 when not blocking, LMP_FOREVER to wait without limit. block must be a boolean
+** (or nil: true); the timeout follows the one rule (lmp_checktimeout). */
 double lmp_opt_timeout(lua_State *L, int idx);
 /* Runs the parent's loop work (lmp_wait_tick, when L is not NULL) and returns how long the
 ** caller may sleep before asking again (at most cap), or a negative number when the deadline
@@ -119,10 +120,5 @@ int lmp__is_lock(lua_State *L, int idx);
 /* Method with(self, fn, ...): self:acquire(), fn(...) protected, self:release(), fn's results
 ** or its error re-raised. */
 int lmp__with(lua_State *L);
-
-void lmp__open_sync(lua_State *L);
-void lmp__open_value(lua_State *L);
-void lmp__open_queue(lua_State *L);
-void lmp__open_pipe(lua_State *L);
 
 #endif

@@ -1,5 +1,5 @@
 /*
-** loop.h — the parent's libuv loop (loop.c) and the children table (process.c).
+** loop.h — the parent's libuv loop (loop.c); the children table is in children.h.
 */
 #ifndef LMP_LOOP_H
 #define LMP_LOOP_H
@@ -7,6 +7,7 @@
 #include <sys/types.h>
 #include <uv.h>
 #include "lmp_int.h"
+#include "children.h"
 
 typedef struct lmp_loop {
   uv_loop_t uv;
@@ -61,34 +62,5 @@ void lmp_check_may_block(lua_State *L);
 ** work, raises InterruptedError after Ctrl-C, returns the longest sleep (seconds) allowed
 ** before the next call. */
 double lmp_wait_tick(lua_State *L);
-
-/* Converts a waitpid status: the exit code, or -signum when a signal killed the child. */
-int lmp_exitcode(int status);
-
-/* Called (from the loop, or a status query) when a watched child has been reaped. */
-typedef void (*lmp_child_exit_fn)(void *ud, pid_t pid, int exitcode);
-int lmp_child_watch(pid_t pid, lmp_child_exit_fn fn, void *ud);
-
-/* Forks a child that runs `lmp.process`'s bootstrap on payload in a fresh Lua state.
-** mode tells the bootstrap what the payload is ("process", "worker"...). keep_fd (or -1) is a
-** descriptor the child must keep even with the "spawn" method. Returns the pid, or -1 with
-** errno set. */
-pid_t lmp_fork_child(lua_State *L, const char *payload, size_t n, const char *mode,
-                     int daemon, int keep_fd);
-
-/* Like lmp_fork_child, with the package paths given (NULL: Lua's defaults) and no Lua state
-** touched: for code that must not run Lua (a pool replacing a worker in the middle of its I/O).
-** The caller's loop must exist already (SIGCHLD is watched). */
-pid_t lmp_fork_with(const char *path, const char *cpath, const char *payload, size_t n,
-                    const char *mode, int daemon, int keep_fd);
-
-/* 1 when children are started with the "spawn" method (fork + exec of lmp): they then keep
-** only keep_fd of this process's descriptors and no memory mapping. */
-int lmp_start_method_spawn(void);
-
-/* Reaps every exited child lmp started (never other children). */
-void lmp_children_reap(void);
-/* At exit: terminates daemon children, waits for the others. */
-void lmp_children_at_exit(void);
 
 #endif

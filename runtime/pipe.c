@@ -1,8 +1,8 @@
 /*
 ** pipe.c — Pipe(): two Connection objects over a unix socketpair, length-prefixed frames, fds
 ** carried with SCM_RIGHTS; plus the fd-readiness helper behind mp.wait.
-** Frame: 8 bytes big-endian, the top byte the number of fds attached to the frame's first byte,
-** the low 56 bits the payload length; then the payload.
+** Frame: 8 bytes little-endian, the top byte the number of fds attached to the frame's first
+** byte, the low 56 bits the payload length; then the payload.
 ** Caveat: a Connection travels only with its descriptor (Process args, pool tasks, another
 ** Pipe); through a Queue it cannot (a socket cannot be reopened from /proc).
 */
@@ -17,8 +17,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "lmp_shm.h"
 
 #define FRAME_HDR 8
@@ -37,10 +39,15 @@ typedef struct conn {
 static __thread lmp_buf enc_buf;
 static __thread lmp_fdvec enc_fds;
 
+/* The open Connection at idx: TypeError for another value, ValueError once closed. */
 static conn *check_conn(lua_State *L, int idx) {
-  conn *c = luaL_checkudata(L, idx, "lmp.Connection");
+  conn *c = lmp_checkudata(L, idx, "lmp.Connection");
   if (c->fd < 0) lmp_raise(L, "ValueError", "connection is closed");
   return c;
+}
+
+static void check_readable(lua_State *L, conn *c) {
+  if (!c->readable) lmp_raise(L, "ValueError", "connection is write-only");
 }
 
 static void conn_close(conn *c) {
@@ -53,7 +60,7 @@ static void conn_close(conn *c) {
 }
 
 static int l_gc(lua_State *L) {
-  conn_close(luaL_checkudata(L, 1, "lmp.Connection"));
+  conn_close(lua_touserdata(L, 1));
   return 0;
 }
 
@@ -68,32 +75,55 @@ static conn *push_conn(lua_State *L, int fd, int readable, int writable) {
   return c;
 }
 
+/* poll(2) for up to secs seconds, to the nanosecond (a 1 µs wait is not a 1 ms one). */
+static int poll_for(struct pollfd *p, nfds_t n, double secs) {
+  struct timespec ts = {0, 0};
+  if (secs > 0) {
+    ts.tv_sec = (time_t)secs;
+    ts.tv_nsec = (long)((secs - (double)ts.tv_sec) * 1e9);
+  }
+  return ppoll(p, n, &ts, NULL);
+}
+
 /* Waits for events on fd for one slice; returns -1 when the deadline has passed. */
 static int wait_fd(lua_State *L, int fd, short events, lmp_deadline *d) {
   double s = lmp_deadline_slice(L, d, 0.5);
   if (s < 0) return -1;
   struct pollfd p = {fd, events, 0};
-  poll(&p, 1, (int)(s * 1000) + (s > 0 && s < 0.001));
+  poll_for(&p, 1, s);
   return 0;
 }
 
 /* ---- sending ---- */
 
-/* Like wait_fd once part of a frame is out: the loop's errors (InterruptedError) must not cut
-** the frame, so the first one is kept on the stack (*pending set) and raised after the frame. */
+/* 1 when the error object on top of the stack is an mp.Error of that type. */
+static int error_is(lua_State *L, const char *type) {
+  if (!lua_istable(L, -1)) return 0;
+  lua_getfield(L, -1, "type");
+  int yes = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), type) == 0;
+  lua_pop(L, 1);
+  return yes;
+}
+
+/* Like wait_fd once part of a frame is out: the loop's errors must not cut the frame. The first
+** InterruptedError is kept on the stack (*pending = 1) and raised after the frame; the refusal
+** to block inside a callback (ValueError) is dropped, since the frame has to be finished
+** anyway (*pending = -1: no more ticks). */
 static void wait_fd_midframe(lua_State *L, int fd, int *pending) {
   double s = 0.05;
-  if (!*pending && lmp_safe_tick(L, &s) != 0) *pending = 1; /* the error stays on top */
+  if (*pending == 0 && lmp_safe_tick(L, &s) != 0) {
+    if (error_is(L, "InterruptedError")) *pending = 1; /* the error stays on top */
+    else lua_pop(L, 1), *pending = -1;
+  }
   struct pollfd p = {fd, POLLOUT, 0};
-  poll(&p, 1, (int)(s * 1000) + 1);
+  poll_for(&p, 1, s);
 }
 
 /* Sends header + payload (+ fds on the first byte), blocking in slices. */
 static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int *fds, int nfds) {
   if (!c->writable) lmp_raise(L, "ValueError", "connection is read-only");
   unsigned char h[FRAME_HDR];
-  uint64_t w = ((uint64_t)nfds << 56) | (uint64_t)n;
-  for (int i = 0; i < FRAME_HDR; i++) h[i] = (unsigned char)(w >> (8 * (FRAME_HDR - 1 - i)));
+  lmp_put_le64(h, ((uint64_t)nfds << 56) | (uint64_t)n);
   struct iovec iov[2] = {{h, FRAME_HDR}, {(void *)p, n}};
   int niov = 2;
   char small[FRAME_HDR + 4096];
@@ -150,24 +180,31 @@ static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int
       v->iov_len -= k;
     }
   }
-  if (pending) lua_error(L);
+  if (pending > 0) lua_error(L);
 }
 
+/* send_bytes(s [, offset [, size]]): offset is 0-based, like Python's. */
 static int l_send_bytes(lua_State *L) {
   conn *c = check_conn(L, 1);
   size_t n;
-  const char *p = luaL_checklstring(L, 2, &n);
-  lua_Integer off = luaL_optinteger(L, 3, 0);
-  luaL_argcheck(L, off >= 0 && (size_t)off <= n, 3, "offset out of range");
-  lua_Integer size = luaL_optinteger(L, 4, (lua_Integer)(n - (size_t)off));
-  luaL_argcheck(L, size >= 0 && (size_t)(off + size) <= n, 4, "size out of range");
+  const char *p = lmp_checklstring(L, 2, &n);
+  lmp_checknargs(L, 4);
+  lua_Integer off = lmp_optinteger(L, 3, 0);
+  if (off < 0 || (size_t)off > n)
+    return lmp_argerror(L, 3, "ValueError", "offset %I out of range (0..%I)", (LUAI_UACINT)off,
+                        (LUAI_UACINT)n);
+  lua_Integer size = lmp_optinteger(L, 4, (lua_Integer)(n - (size_t)off));
+  if (size < 0 || (size_t)size > n - (size_t)off)
+    return lmp_argerror(L, 4, "ValueError", "size %I out of range (0..%I)", (LUAI_UACINT)size,
+                        (LUAI_UACINT)(n - (size_t)off));
   send_frame(L, c, p + off, (size_t)size, NULL, 0);
   return 0;
 }
 
 static int l_send(lua_State *L) {
   conn *c = check_conn(L, 1);
-  luaL_checkany(L, 2);
+  if (lua_isnone(L, 2)) return lmp_argerror(L, 2, "TypeError", "value expected (nil is a value too)");
+  lmp_checknargs(L, 2);
   enc_buf.len = 0;
   enc_fds.n = 0;
   lmp_encode_buf(L, 2, &enc_buf, &enc_fds);
@@ -201,7 +238,7 @@ static int fill(lua_State *L, conn *c, size_t want, lmp_deadline *d) {
     c->pos = 0;
   }
   size_t room = want < READ_CHUNK ? READ_CHUNK : want;
-  if (lmp_buf_reserve(&c->in, room) != 0) luaL_error(L, "not enough memory");
+  if (lmp_buf_reserve(&c->in, room) != 0) lmp_raise(L, "ProcessError", "not enough memory to receive");
   union {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
     struct cmsghdr align;
@@ -237,16 +274,14 @@ static int fill(lua_State *L, conn *c, size_t want, lmp_deadline *d) {
 ** Returns 0, -1 on EOF, -2 on timeout. */
 static int read_frame(lua_State *L, conn *c, const char **p, size_t *n, int *nfds,
                       double timeout) {
-  if (!c->readable) lmp_raise(L, "ValueError", "connection is write-only");
+  check_readable(L, c);
   lmp_deadline d;
   lmp_deadline_init(&d, timeout);
   while (c->in.len - c->pos < FRAME_HDR) {
     int r = fill(L, c, FRAME_HDR, &d);
     if (r < 0) return r;
   }
-  const unsigned char *h = (const unsigned char *)c->in.p + c->pos;
-  uint64_t w = 0;
-  for (int i = 0; i < FRAME_HDR; i++) w = (w << 8) | h[i];
+  uint64_t w = lmp_get_le64(c->in.p + c->pos);
   size_t len = (size_t)(w & (((uint64_t)1 << 56) - 1));
   int k = (int)(w >> 56);
   lmp_deadline_init(&d, -1); /* a frame that started is read to its end */
@@ -273,9 +308,13 @@ static int frame_error(lua_State *L, int r) {
   return lmp_raise(L, "TimeoutError", "no message within the timeout");
 }
 
+/* recv_bytes([maxlength]) */
 static int l_recv_bytes(lua_State *L) {
   conn *c = check_conn(L, 1);
-  lua_Integer maxlen = luaL_optinteger(L, 2, -1);
+  lmp_checknargs(L, 2);
+  lua_Integer maxlen = lmp_optinteger(L, 2, -1);
+  if (maxlen < 0 && !lua_isnoneornil(L, 2))
+    return lmp_argerror(L, 2, "ValueError", "negative maxlength %I", (LUAI_UACINT)maxlen);
   const char *p;
   size_t n;
   int k;
@@ -298,6 +337,7 @@ static int decode_frame(lua_State *L) {
 
 static int l_recv(lua_State *L) {
   conn *c = check_conn(L, 1);
+  lmp_checknargs(L, 1);
   const char *p;
   size_t n;
   int k;
@@ -324,16 +364,19 @@ static int l_recv(lua_State *L) {
   return 1;
 }
 
-/* poll([timeout]): true when data (or EOF) can be read; no timeout = don't wait. */
+/* poll([timeout]): true when data (or EOF) can be read. No argument: look once, as Python's
+** poll(); an explicit nil (Python's None) or math.huge: no limit. */
 static int l_poll(lua_State *L) {
   conn *c = check_conn(L, 1);
-  double t = luaL_optnumber(L, 2, 0);
+  lmp_checknargs(L, 2);
+  double t = lua_isnone(L, 2) ? 0 : lmp_checktimeout(L, 2);
+  check_readable(L, c);
   if (c->in.len - c->pos >= FRAME_HDR) {
     lua_pushboolean(L, 1);
     return 1;
   }
   lmp_deadline d;
-  lmp_deadline_init(&d, t < 0 ? 0 : t);
+  lmp_deadline_init(&d, t);
   for (;;) {
     struct pollfd p = {c->fd, POLLIN, 0};
     if (poll(&p, 1, 0) > 0) {
@@ -347,24 +390,31 @@ static int l_poll(lua_State *L) {
 }
 
 static int l_close(lua_State *L) {
-  conn_close(luaL_checkudata(L, 1, "lmp.Connection"));
+  conn *c = lmp_checkudata(L, 1, "lmp.Connection");
+  lmp_checknargs(L, 1);
+  conn_close(c);
   return 0;
 }
 
 static int l_fileno(lua_State *L) {
-  lua_pushinteger(L, check_conn(L, 1)->fd);
+  conn *c = check_conn(L, 1);
+  lmp_checknargs(L, 1);
+  lua_pushinteger(L, c->fd);
   return 1;
 }
 
 static int l_closed(lua_State *L) {
-  lua_pushboolean(L, ((conn *)luaL_checkudata(L, 1, "lmp.Connection"))->fd < 0);
+  conn *c = lmp_checkudata(L, 1, "lmp.Connection");
+  lmp_checknargs(L, 1);
+  lua_pushboolean(L, c->fd < 0);
   return 1;
 }
 
-/* _ready(): a recv would not block (data buffered, readable, or EOF). */
+/* _ready(): a recv would not block (data buffered, readable, or EOF); never for a closed or
+** write-only end. */
 static int l_ready(lua_State *L) {
-  conn *c = luaL_checkudata(L, 1, "lmp.Connection");
-  if (c->fd < 0) {
+  conn *c = lmp_checkudata(L, 1, "lmp.Connection");
+  if (c->fd < 0 || !c->readable) {
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -378,9 +428,11 @@ static int l_ready(lua_State *L) {
 /* Payload: flags byte, then the socket's inode (8 bytes, little-endian), so that a decoder
 ** handed a raw fd number that means something else in its process notices. */
 static int l_encode(lua_State *L) {
-  conn *c = check_conn(L, 1);
+  conn *c = lua_touserdata(L, 1);
+  if (c == NULL || c->fd < 0) return lmp_raise(L, "SerializationError", "cannot send a closed connection");
   struct stat st;
-  if (fstat(c->fd, &st) != 0) return luaL_error(L, "fstat: %s", strerror(errno));
+  if (fstat(c->fd, &st) != 0)
+    return lmp_raise(L, "SerializationError", "cannot send a connection: %s", strerror(errno));
   char p[9];
   p[0] = (char)(c->readable | c->writable << 1);
   for (int i = 0; i < 8; i++) p[1 + i] = (char)((uint64_t)st.st_ino >> (8 * i));
@@ -393,28 +445,34 @@ static int l_encode(lua_State *L) {
 /* The fd passed in belongs to the codec's caller: we dup it. */
 static int l_decode(lua_State *L) {
   size_t len;
-  const char *p = luaL_checklstring(L, 1, &len);
-  if (len != 9 || !lua_isinteger(L, 2))
-    return luaL_error(L, "a Pipe end can only be sent with its descriptor "
-                         "(Process args, another Pipe), not through a Queue");
+  const char *p = lua_tolstring(L, 1, &len);
+  if (p == NULL || len != 9) return lmp_raise(L, "SerializationError", "malformed Pipe end handle");
+  if (!lua_isinteger(L, 2))
+    return lmp_raise(L, "SerializationError", "a Pipe end can only be sent with its descriptor "
+                     "(Process args, another Pipe), not through a Queue");
   int fd = (int)lua_tointeger(L, 2);
   uint64_t ino = 0;
   for (int i = 0; i < 8; i++) ino |= (uint64_t)(unsigned char)p[1 + i] << (8 * i);
   struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || (uint64_t)st.st_ino != ino)
-    return luaL_error(L, "Pipe end handle: descriptor %d is not the pipe's socket here "
-                         "(the descriptor must travel with the message)", fd);
+  if (fd < 0 || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || (uint64_t)st.st_ino != ino)
+    return lmp_raise(L, "SerializationError", "Pipe end handle: descriptor %d is not the pipe's "
+                     "socket here (the descriptor must travel with the message)", fd);
   int mine = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  if (mine < 0) return luaL_error(L, "cannot duplicate descriptor: %s", strerror(errno));
+  if (mine < 0)
+    return lmp_raise(L, "SerializationError", "cannot duplicate a Pipe end's descriptor: %s",
+                     strerror(errno));
   push_conn(L, mine, p[0] & 1, (p[0] >> 1) & 1);
   return 1;
 }
 
+/* Pipe([duplex=true]) -> a, b */
 static int l_Pipe(lua_State *L) {
+  lmp_checknargs(L, 1);
+  if (!lua_isnoneornil(L, 1)) lmp_checktype(L, 1, LUA_TBOOLEAN);
   int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    return luaL_error(L, "socketpair: %s", strerror(errno));
+    return lmp_raise(L, "ProcessError", "cannot create a pipe: %s", strerror(errno));
   int sz = 1 << 20;
   for (int i = 0; i < 2; i++) {
     setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
@@ -435,20 +493,20 @@ static int l_Pipe(lua_State *L) {
 /* core._wait_fds(fds, secs): waits up to secs (one loop slice at most) for any of the fds to
 ** become readable; returns true if one is. */
 static int l_wait_fds(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  double secs = luaL_checknumber(L, 2);
+  lmp_checktype(L, 1, LUA_TTABLE);
+  double secs = lmp_checknumber(L, 2);
   lmp_deadline d;
   lmp_deadline_init(&d, secs < 0 ? 0 : secs);
   double s = lmp_deadline_slice(L, &d, secs < 0 ? 0 : secs);
   int n = (int)luaL_len(L, 1);
   struct pollfd stack[16], *p = n <= 16 ? stack : malloc(sizeof *p * (size_t)n);
-  if (p == NULL) return luaL_error(L, "not enough memory");
+  if (p == NULL) return lmp_raise(L, "ProcessError", "not enough memory");
   for (int i = 0; i < n; i++) {
     lua_geti(L, 1, i + 1);
     p[i] = (struct pollfd){(int)lua_tointeger(L, -1), POLLIN, 0};
     lua_pop(L, 1);
   }
-  int r = poll(p, (nfds_t)n, s < 0 ? 0 : (int)(s * 1000));
+  int r = poll_for(p, (nfds_t)n, s);
   if (p != stack) free(p);
   lua_pushboolean(L, r > 0);
   return 1;

@@ -46,11 +46,13 @@ typedef struct queueobj {
 ** us, so the buffers are kept rather than owned by the call). */
 static __thread lmp_buf enc_buf, dec_buf;
 
+/* The queue at idx (any of the three kinds): TypeError for another value, ValueError once
+** its memory is released (__close). */
 static queueobj *check_queue(lua_State *L, int idx) {
   queueobj *q = NULL;
   for (int k = 0; k < 3 && q == NULL; k++) q = luaL_testudata(L, idx, qname[k]);
-  if (q == NULL) luaL_typeerror(L, idx, "lmp.Queue");
-  if (q->o.arena == NULL) luaL_error(L, "queue is released");
+  if (q == NULL) lmp_typeerror(L, idx, "lmp.Queue, lmp.SimpleQueue or lmp.JoinableQueue");
+  if (q->o.arena == NULL) lmp_raise(L, "ValueError", "queue is closed");
   return q;
 }
 
@@ -117,6 +119,7 @@ static int wait_on(lua_State *L, uint32_t *w, uint32_t seq, uint32_t *waiters, l
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+    if ((i & 255) == 255 && !d->forever && lmp_monotonic() >= d->end) break; /* a short wait */
   }
   *spun = 1; /* once per operation: a long wait sleeps */
   double sl = lmp_deadline_slice(NULL, d, 0.05);
@@ -196,13 +199,17 @@ static void check_writer(shm_queue *s) {
     lmp_mutex_unlock(&s->wlock);
 }
 
-/* Reads one item into out; returns 0, -1 on timeout before an item started, or -2 when the
-** loop raised (error on the stack; a partly read item is lost, the rest of the queue is
-** intact). The caller holds rlock. */
+/* Reads one item into out; returns 0, -1 on timeout before an item started, -2 when the loop
+** raised (error on the stack; a partly read item is lost, the rest of the queue is intact), or
+** -3 when there was no memory for the item (it was dropped whole). The caller holds rlock.
+** Chunks of an item this reader did not see start (the rest of an item whose reader was
+** interrupted or killed) are dropped; every committed item that leaves the ring stops
+** counting in nitems. */
 static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
+  enum { IDLE, ASSEMBLING, DROPPING } state = IDLE;
   lmp_deadline d;
   lmp_deadline_init(&d, timeout);
-  int assembling = 0, spun = 0;
+  int spun = 0;
   for (;;) {
     uint32_t seq = __atomic_load_n(&s->wseq, __ATOMIC_SEQ_CST);
     uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE), head = s->head;
@@ -210,20 +217,19 @@ static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
       int r = wait_on(L, &s->wseq, seq, &s->rwaiters, &d, &spun);
       if (r == -2) return -2;
       if (r < 0) {
-        if (!assembling) return -1;
-        check_writer(s);
+        if (state == IDLE) return -1;
+        check_writer(s); /* an item that started is waited for while its writer lives */
         lmp_deadline_init(&d, 0.05);
       }
       continue;
     }
     uint32_t h[2];
     ring_get(s, head, h, HDR);
-    if (h[1] & F_ABORT) assembling = 0;
-    else if (h[1] & F_FIRST) out->len = 0, assembling = 1;
-    if (assembling) {
+    if (h[1] & F_ABORT) state = IDLE;
+    else if (h[1] & F_FIRST) out->len = 0, state = ASSEMBLING;
+    if (state == ASSEMBLING) {
       if (lmp_buf_reserve(out, h[0]) != 0) {
-        /* no memory for this item: drop it whole, keep the queue consistent */
-        assembling = 0;
+        state = DROPPING; /* no memory for this item: drop it whole, keep the queue sound */
       } else {
         ring_get(s, head + HDR, out->p + out->len, h[0]);
         out->len += h[0];
@@ -232,10 +238,20 @@ static int get_bytes(lua_State *L, shm_queue *s, lmp_buf *out, double timeout) {
     __atomic_store_n(&s->head, head + HDR + h[0], __ATOMIC_RELEASE);
     __atomic_add_fetch(&s->rseq, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->wwaiters, __ATOMIC_SEQ_CST) > 0) lmp_futex_wake(&s->rseq, INT_MAX);
-    if (assembling && (h[1] & F_LAST)) break;
+    if ((h[1] & F_LAST) && !(h[1] & F_ABORT)) {
+      __atomic_sub_fetch(&s->nitems, 1, __ATOMIC_SEQ_CST);
+      if (state == ASSEMBLING) return 0;
+      if (state == DROPPING) return -3;
+    }
   }
-  __atomic_sub_fetch(&s->nitems, 1, __ATOMIC_SEQ_CST);
-  return 0;
+}
+
+/* Raises what a failed get_bytes stands for. */
+static int get_failed(lua_State *L, int r) {
+  if (r == -2) return lua_error(L);
+  if (r == -3)
+    return lmp_raise(L, "ProcessError", "not enough memory for a queue item (it was dropped)");
+  return lmp_raise(L, "Empty", "queue is empty");
 }
 
 /* ---- Lua methods ---- */
@@ -247,16 +263,24 @@ static void do_put(lua_State *L, queueobj *q, double timeout) {
   if (enc_buf.cap > (4u << 20)) lmp_buf_free(&enc_buf);
 }
 
+static void check_item(lua_State *L) {
+  if (lua_isnone(L, 2)) lmp_argerror(L, 2, "TypeError", "value expected (nil is a value too)");
+}
+
+/* put(v [, block [, timeout]]) */
 static int l_put(lua_State *L) {
   queueobj *q = check_open(L, 1);
-  luaL_checkany(L, 2);
-  do_put(L, q, lmp_opt_timeout(L, 3));
+  check_item(L);
+  lmp_checknargs(L, 4);
+  double timeout = lmp_opt_timeout(L, 3);
+  do_put(L, q, timeout);
   return 0;
 }
 
 static int l_put_nowait(lua_State *L) {
   queueobj *q = check_open(L, 1);
-  luaL_checkany(L, 2);
+  check_item(L);
+  lmp_checknargs(L, 2);
   do_put(L, q, 0);
   return 0;
 }
@@ -270,53 +294,78 @@ static int do_get(lua_State *L, queueobj *q, double timeout) {
   if (lmp_mutex_lock(L, &s->rlock, timeout) == LMP_LOCK_TIMEOUT)
     return lmp_raise(L, "Empty", "queue is empty");
   double left = d.forever ? -1 : d.end - lmp_monotonic();
-  int r = get_bytes(L, s, &dec_buf, d.forever ? -1 : (left < 0 ? 0 : left));
+  int r = get_bytes(L, s, &dec_buf, d.forever ? LMP_FOREVER : (left < 0 ? 0 : left));
   lmp_mutex_unlock(&s->rlock);
-  if (r == -2) return lua_error(L);
-  if (r < 0) return lmp_raise(L, "Empty", "queue is empty");
+  if (r < 0) return get_failed(L, r);
   lmp_decode(L, dec_buf.p, dec_buf.len, NULL, 0);
   if (dec_buf.cap > (4u << 20)) lmp_buf_free(&dec_buf);
   return 1;
 }
 
+/* get([block [, timeout]]) */
 static int l_get(lua_State *L) {
   queueobj *q = check_open(L, 1);
+  lmp_checknargs(L, 3);
   return do_get(L, q, lmp_opt_timeout(L, 2));
 }
 
-static int l_get_nowait(lua_State *L) { return do_get(L, check_open(L, 1), 0); }
+static int l_get_nowait(lua_State *L) {
+  queueobj *q = check_open(L, 1);
+  lmp_checknargs(L, 1);
+  return do_get(L, q, 0);
+}
+
+/* The queue of a method that takes no argument. */
+static shm_queue *check_noargs(lua_State *L) {
+  queueobj *q = check_queue(L, 1);
+  lmp_checknargs(L, 1);
+  return q->o.p;
+}
 
 static int l_qsize(lua_State *L) {
-  shm_queue *s = check_queue(L, 1)->o.p;
+  shm_queue *s = check_noargs(L);
   int64_t n = __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST);
   lua_pushinteger(L, n < 0 ? 0 : n);
   return 1;
 }
 
 static int l_empty(lua_State *L) {
-  shm_queue *s = check_queue(L, 1)->o.p;
+  shm_queue *s = check_noargs(L);
   lua_pushboolean(L, __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST) <= 0);
   return 1;
 }
 
 static int l_full(lua_State *L) {
-  shm_queue *s = check_queue(L, 1)->o.p;
+  shm_queue *s = check_noargs(L);
   lua_pushboolean(L, s->maxsize > 0 && __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST) >= s->maxsize);
   return 1;
 }
 
 /* close(): this handle puts and gets no more (other handles are unaffected). */
 static int l_close(lua_State *L) {
-  check_queue(L, 1)->closed = 1;
+  queueobj *q = check_queue(L, 1);
+  lmp_checknargs(L, 1);
+  q->closed = 1;
   return 0;
 }
 
-static int l_noop(lua_State *L) { return 0; }
+static int l_noop(lua_State *L) {
+  check_queue(L, 1);
+  lmp_checknargs(L, 1);
+  return 0;
+}
+
+/* The JoinableQueue at 1 (task_done and join exist only there). */
+static queueobj *check_joinable(lua_State *L) {
+  queueobj *q = luaL_testudata(L, 1, qname[Q_JOINABLE]);
+  if (q == NULL) lmp_typeerror(L, 1, qname[Q_JOINABLE]);
+  return check_queue(L, 1);
+}
 
 static int l_task_done(lua_State *L) {
-  queueobj *q = check_queue(L, 1);
+  queueobj *q = check_joinable(L);
   shm_queue *s = q->o.p;
-  if (q->kind != Q_JOINABLE) return luaL_error(L, "task_done needs a JoinableQueue");
+  lmp_checknargs(L, 1);
   uint32_t v = __atomic_load_n(&s->unfinished, __ATOMIC_SEQ_CST);
   do {
     if (v == 0) return lmp_raise(L, "ValueError", "task_done() called too many times");
@@ -328,11 +377,11 @@ static int l_task_done(lua_State *L) {
 
 /* join([timeout]) -> true when every item was task_done, false on timeout. */
 static int l_join(lua_State *L) {
-  queueobj *q = check_queue(L, 1);
+  queueobj *q = check_joinable(L);
   shm_queue *s = q->o.p;
-  if (q->kind != Q_JOINABLE) return luaL_error(L, "join needs a JoinableQueue");
+  lmp_checknargs(L, 2);
   lmp_deadline d;
-  lmp_deadline_init(&d, lua_isnoneornil(L, 2) ? -1 : luaL_checknumber(L, 2));
+  lmp_deadline_init(&d, lmp_checktimeout(L, 2));
   for (;;) {
     uint32_t v = __atomic_load_n(&s->unfinished, __ATOMIC_SEQ_CST);
     if (v == 0) break;
@@ -348,7 +397,11 @@ static int l_join(lua_State *L) {
 }
 
 /* _ready(): an item can be taken now (for mp.wait). */
-static int l_ready(lua_State *L) { return l_empty(L), lua_pushboolean(L, !lua_toboolean(L, -1)), 1; }
+static int l_ready(lua_State *L) {
+  shm_queue *s = check_noargs(L);
+  lua_pushboolean(L, __atomic_load_n(&s->nitems, __ATOMIC_SEQ_CST) > 0);
+  return 1;
+}
 
 static int q_gc(lua_State *L) {
   queueobj *q = lua_touserdata(L, 1);
@@ -358,7 +411,8 @@ static int q_gc(lua_State *L) {
 
 static int q_encode(lua_State *L) {
   queueobj *q = lua_touserdata(L, 1);
-  if (q == NULL || q->o.arena == NULL) return luaL_error(L, "cannot send a released queue");
+  if (q == NULL || q->o.arena == NULL)
+    return lmp_raise(L, "SerializationError", "cannot send a closed queue");
   lmp_shm_obj *objs[1] = {&q->o};
   return lmp_shm_push_handle(L, qname[q->kind], objs, 1, "", 0);
 }
@@ -373,24 +427,28 @@ static int q_decode(lua_State *L) {
   shm_queue *s = q->o.p;
   size_t room = lmp_shm_capacity(&q->o);
   if (room < sizeof(shm_queue) || s->kind > Q_JOINABLE || s->cap == 0 ||
-      s->cap > room - sizeof(shm_queue))
-    return luaL_error(L, "malformed queue handle");
+      s->cap > room - sizeof(shm_queue) || xl != 0)
+    return lmp_raise(L, "SerializationError", "malformed queue handle");
   q->kind = (int)s->kind;
   luaL_setmetatable(L, qname[q->kind]);
   return 1;
 }
 
+/* Queue([maxsize]), JoinableQueue([maxsize]) (0 or negative: no limit), SimpleQueue(). */
 static int new_queue(lua_State *L, int kind) {
-  lua_Integer maxsize = kind == Q_SIMPLE ? 0 : luaL_optinteger(L, 1, 0);
+  lmp_checknargs(L, kind == Q_SIMPLE ? 0 : 1);
+  lua_Integer maxsize = kind == Q_SIMPLE ? 0 : lmp_optinteger(L, 1, 0);
   if (maxsize < 0) maxsize = 0;
-  luaL_argcheck(L, maxsize <= INT32_MAX, 1, "maxsize too large");
+  if (maxsize > INT32_MAX)
+    return lmp_argerror(L, 1, "ValueError", "maxsize must be at most %d", INT32_MAX);
   queueobj *q = lua_newuserdatauv(L, sizeof *q, 0);
   q->o.arena = NULL;
   q->kind = kind;
   q->closed = 0;
   luaL_setmetatable(L, qname[kind]);
   if (lmp_shm_alloc(sizeof(shm_queue) + RING_CAP, &q->o) != 0)
-    return luaL_error(L, "cannot allocate shared memory: %s", strerror(errno));
+    return lmp_raise(L, "ProcessError", "cannot allocate shared memory for a queue: %s",
+                     strerror(errno));
   shm_queue *s = q->o.p;
   s->kind = (uint32_t)kind;
   s->maxsize = (uint32_t)maxsize;
@@ -406,21 +464,20 @@ static int l_JoinableQueue(lua_State *L) { return new_queue(L, Q_JOINABLE); }
 static int l_put_bytes(lua_State *L) {
   queueobj *q = check_open(L, 1);
   size_t n;
-  const char *p = luaL_checklstring(L, 2, &n);
-  put_bytes(L, q->o.p, p, n, lua_isnoneornil(L, 3) ? -1 : luaL_checknumber(L, 3));
+  const char *p = lmp_checklstring(L, 2, &n);
+  put_bytes(L, q->o.p, p, n, lmp_checktimeout(L, 3));
   return 0;
 }
 
 static int l_get_bytes(lua_State *L) {
   queueobj *q = check_open(L, 1);
   shm_queue *s = q->o.p;
-  double t = lua_isnoneornil(L, 2) ? -1 : luaL_checknumber(L, 2);
+  double t = lmp_checktimeout(L, 2);
   if (lmp_mutex_lock(L, &s->rlock, t) == LMP_LOCK_TIMEOUT)
     return lmp_raise(L, "Empty", "queue is empty");
   int r = get_bytes(L, s, &dec_buf, t);
   lmp_mutex_unlock(&s->rlock);
-  if (r == -2) return lua_error(L);
-  if (r < 0) return lmp_raise(L, "Empty", "queue is empty");
+  if (r < 0) return get_failed(L, r);
   lua_pushlstring(L, dec_buf.p, dec_buf.len);
   return 1;
 }

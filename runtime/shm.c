@@ -292,19 +292,22 @@ void lmp_shm_ref_read(lua_State *L, const char *p, int fd, lmp_shm_obj *o) {
     if (pfd >= 0) {
       a = arena_map(pfd, id, size, cpid, cfd, &why);
       close(pfd);
-    } else if (fd < 0) {
+    } else if (lmp_owner_dead((uint32_t)cpid)) {
+      why = "the process that created it has exited";
+    } else {
       why = "its creator no longer holds it";
     }
   }
   if (a == NULL)
-    luaL_error(L, "cannot map shared object (arena of process %d): %s", (int)cpid, why);
+    lmp_raise(L, "SerializationError", "cannot map shared object (arena of process %d): %s",
+              (int)cpid, why);
   if (off < sizeof(arena_hdr) + BLOCK_HDR || off >= a->size || (off & 15) != 0 ||
       block_of(a, off)->magic != BLOCK_MAGIC)
-    luaL_error(L, "malformed shared object handle");
+    lmp_raise(L, "SerializationError", "malformed shared object handle");
   block_hdr *bh = block_of(a, off);
   if (bh->cls != DEDICATED &&
       (bh->cls >= NCLASS || off - BLOCK_HDR + ((uint64_t)MIN_BLOCK << bh->cls) > a->size))
-    luaL_error(L, "malformed shared object handle");
+    lmp_raise(L, "SerializationError", "malformed shared object handle");
   __atomic_add_fetch(&block_of(a, off)->refs, 1, __ATOMIC_ACQ_REL);
   a->local++;
   *o = (lmp_shm_obj){a, off, a->base + off};
@@ -315,7 +318,7 @@ void lmp_shm_ref_read(lua_State *L, const char *p, int fd, lmp_shm_obj *o) {
 ** or records them; it must not close them). */
 int lmp_shm_push_handle(lua_State *L, const char *type, lmp_shm_obj **objs, int n,
                         const char *extra, size_t extralen) {
-  luaL_checkstack(L, n + 3, "too many handles");
+  if (!lua_checkstack(L, n + 3)) lmp_raise(L, "SerializationError", "too many handles");
   lua_pushstring(L, type);
   luaL_Buffer b;
   luaL_buffinit(L, &b);
@@ -331,9 +334,9 @@ int lmp_shm_push_handle(lua_State *L, const char *type, lmp_shm_obj **objs, int 
 ** the ones it keeps, so nothing here closes them. */
 const char *lmp_shm_read_handle(lua_State *L, lmp_shm_obj **objs, int n, size_t *extralen) {
   size_t len;
-  const char *p = luaL_checklstring(L, 1, &len);
-  if (len < 1 || (unsigned char)p[0] != n || len < 1 + (size_t)n * LMP_REF_SIZE)
-    luaL_error(L, "malformed shared object handle");
+  const char *p = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
+  if (p == NULL || len < 1 || (unsigned char)p[0] != n || len < 1 + (size_t)n * LMP_REF_SIZE)
+    lmp_raise(L, "SerializationError", "malformed shared object handle");
   for (int i = 0; i < n; i++) {
     int fd = lua_isinteger(L, 2 + i) ? (int)lua_tointeger(L, 2 + i) : -1;
     lmp_shm_ref_read(L, p + 1 + (size_t)i * LMP_REF_SIZE, fd, objs[i]);
@@ -380,8 +383,4 @@ static int l_shm_stats(lua_State *L) {
 void lmp__open_shm(lua_State *L) {
   lua_pushcfunction(L, l_shm_stats);
   lua_setfield(L, -2, "shm_stats");
-  lmp__open_sync(L);
-  lmp__open_value(L);
-  lmp__open_queue(L);
-  lmp__open_pipe(L);
 }

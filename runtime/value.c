@@ -51,18 +51,20 @@ static const tcinfo *find_tc(int c) {
   return NULL;
 }
 
+/* The typecode at idx: TypeError for a non-string, ValueError for an unknown code. */
 static const tcinfo *check_tc(lua_State *L, int idx) {
   size_t len;
-  const char *s = luaL_checklstring(L, idx, &len);
+  const char *s = lmp_checklstring(L, idx, &len);
   const tcinfo *t = len == 1 ? find_tc(s[0]) : NULL;
   if (t == NULL)
-    luaL_argerror(L, idx, lua_pushfstring(L, "bad typecode '%s' (expected one of bBhHiIlLqQfdc)", s));
+    lmp_argerror(L, idx, "ValueError", "bad typecode %s (expected one of bBhHiIlLqQfdc)",
+                 lmp_pushdescribe(L, idx));
   return t;
 }
 
 static valobj *check_val(lua_State *L, int idx, const char *name) {
-  valobj *v = luaL_checkudata(L, idx, name);
-  if (v->o.arena == NULL) luaL_error(L, "%s is closed", name);
+  valobj *v = lmp_checkudata(L, idx, name);
+  if (v->o.arena == NULL) lmp_raise(L, "ValueError", "%s is closed", name);
   return v;
 }
 
@@ -113,7 +115,7 @@ static void store_elem(lua_State *L, const tcinfo *t, char *p, int idx, const ch
     int ok;
     lua_Number n = lua_tonumberx(L, idx, &ok);
     if (!ok || lua_type(L, idx) != LUA_TNUMBER)
-      lmp_raise(L, "ValueError", "%s: number expected, got %s", what, luaL_typename(L, idx));
+      lmp_raise(L, "TypeError", "%s: number expected, got %s", what, lmp_pushdescribe(L, idx));
     if (t->tc == 'f') {
       float f = (float)n;
       memcpy(p, &f, sizeof f);
@@ -131,7 +133,8 @@ static void store_elem(lua_State *L, const tcinfo *t, char *p, int idx, const ch
       return;
     }
     if (lua_type(L, idx) != LUA_TNUMBER)
-      lmp_raise(L, "ValueError", "%s: one-byte string expected, got %s", what, luaL_typename(L, idx));
+      lmp_raise(L, lua_type(L, idx) == LUA_TSTRING ? "ValueError" : "TypeError",
+                "%s: one-byte string expected, got %s", what, lmp_pushdescribe(L, idx));
   }
   int ok;
   v = lua_tointegerx(L, idx, &ok);
@@ -139,7 +142,7 @@ static void store_elem(lua_State *L, const tcinfo *t, char *p, int idx, const ch
     if (lua_type(L, idx) == LUA_TNUMBER)
       lmp_raise(L, "ValueError", "%s: integer expected, got non-integer %s", what,
                 lua_tostring(L, idx));
-    lmp_raise(L, "ValueError", "%s: integer expected, got %s", what, luaL_typename(L, idx));
+    lmp_raise(L, "TypeError", "%s: integer expected, got %s", what, lmp_pushdescribe(L, idx));
   }
   if (v < t->lo || v > t->hi)
     lmp_raise(L, "ValueError", "%s: %I out of range for typecode '%c' (%I..%I)", what, v, t->tc,
@@ -154,12 +157,11 @@ static void store_elem(lua_State *L, const tcinfo *t, char *p, int idx, const ch
 
 /* Reads opts at idx ({lock = true|false|lock}) and leaves the lock (or nil) on the stack. */
 static void push_lock_opt(lua_State *L, int idx, int raw) {
-  if (raw) {
-    lua_pushnil(L);
-    return;
-  }
+  static const char *const names[] = {"lock", NULL};
   if (!lua_isnoneornil(L, idx)) {
-    luaL_checktype(L, idx, LUA_TTABLE);
+    if (raw) lmp_argerror(L, idx, "ValueError", "Raw objects take no options (they have no lock)");
+    lmp_checktype(L, idx, LUA_TTABLE);
+    lmp_checkoptions(L, idx, names);
     lua_getfield(L, idx, "lock");
     if (lua_isnil(L, -1) || (lua_isboolean(L, -1) && lua_toboolean(L, -1))) {
       lua_pop(L, 1);
@@ -168,9 +170,14 @@ static void push_lock_opt(lua_State *L, int idx, int raw) {
       lua_pushnil(L);
       return;
     } else {
-      if (!lmp__is_lock(L, -1)) luaL_argerror(L, idx, "lock must be a boolean, Lock or RLock");
+      if (!lmp__is_lock(L, -1))
+        lmp_argerror(L, idx, "TypeError", "lock must be a boolean, lmp.Lock or lmp.RLock, got %s",
+                     lmp_pushdescribe(L, -1));
       return;
     }
+  } else if (raw) {
+    lua_pushnil(L);
+    return;
   }
   lmp__new_rlock(L);
 }
@@ -182,9 +189,11 @@ static valobj *new_value(lua_State *L, const tcinfo *t, uint64_t n, int is_array
   v->o.arena = NULL;
   v->t = NULL;
   luaL_setmetatable(L, name);
-  if (n > ((uint64_t)1 << 40) / t->size) luaL_error(L, "array too large");
+  if (n > ((uint64_t)1 << 40) / t->size)
+    lmp_raise(L, "ValueError", "%s too large (%I elements)", name, (LUAI_UACINT)n);
   if (lmp_shm_alloc(sizeof(shm_value) + (size_t)(n * t->size), &v->o) != 0)
-    luaL_error(L, "cannot allocate shared memory: %s", strerror(errno));
+    lmp_raise(L, "ProcessError", "cannot allocate shared memory for an %s: %s", name + 4,
+              strerror(errno));
   shm_value *s = v->o.p;
   v->t = t;
   s->tc = (uint32_t)t->tc;
@@ -195,8 +204,11 @@ static valobj *new_value(lua_State *L, const tcinfo *t, uint64_t n, int is_array
   return v;
 }
 
+/* Value(typecode [, init [, opts]]); RawValue(typecode [, init]). */
 static int value_new(lua_State *L, int raw) {
+  lmp_checknargs(L, raw ? 2 : 3);
   const tcinfo *t = check_tc(L, 1);
+  lua_settop(L, 3);
   push_lock_opt(L, 3, raw);
   valobj *v = new_value(L, t, 1, 0);
   if (!lua_isnoneornil(L, 2)) store_elem(L, t, elem(v, 0), 2, "initial value");
@@ -206,21 +218,25 @@ static int value_new(lua_State *L, int raw) {
 static int l_Value(lua_State *L) { return value_new(L, 0); }
 static int l_RawValue(lua_State *L) { return value_new(L, 1); }
 
+/* Array(typecode, size_or_table [, opts]); RawArray(typecode, size_or_table). */
 static int array_new(lua_State *L, int raw) {
+  lmp_checknargs(L, raw ? 2 : 3);
   const tcinfo *t = check_tc(L, 1);
   uint64_t n;
   int kind = lua_type(L, 2);
   if (kind == LUA_TNUMBER) {
-    lua_Integer k = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, k >= 0, 2, "size must be >= 0");
+    lua_Integer k = lmp_checkinteger(L, 2);
+    if (k < 0) return lmp_argerror(L, 2, "ValueError", "size must be >= 0, got %I", (LUAI_UACINT)k);
     n = (uint64_t)k;
   } else if (kind == LUA_TTABLE) {
-    n = (uint64_t)luaL_len(L, 2);
+    lua_Integer k = luaL_len(L, 2);
+    n = k > 0 ? (uint64_t)k : 0;
   } else if (kind == LUA_TSTRING && t->tc == 'c') {
     n = (uint64_t)lua_rawlen(L, 2);
   } else {
-    return luaL_typeerror(L, 2, "size or table");
+    return lmp_typeerror(L, 2, t->tc == 'c' ? "size, table or string" : "size or table");
   }
+  lua_settop(L, 3);
   push_lock_opt(L, 3, raw);
   valobj *v = new_value(L, t, n, 1);
   if (kind == LUA_TTABLE) {
@@ -250,13 +266,14 @@ static void push_lock(lua_State *L, int idx) {
 static valobj *check_any(lua_State *L, int idx) {
   valobj *v = luaL_testudata(L, idx, "lmp.Value");
   if (v == NULL) v = luaL_testudata(L, idx, "lmp.Array");
-  if (v == NULL) luaL_typeerror(L, idx, "lmp.Value or lmp.Array");
-  if (v->o.arena == NULL) luaL_error(L, "object is closed");
+  if (v == NULL) lmp_typeerror(L, idx, "lmp.Value or lmp.Array");
+  if (v->o.arena == NULL) lmp_raise(L, "ValueError", "shared object is closed");
   return v;
 }
 
 static int l_get_lock(lua_State *L) {
   check_any(L, 1);
+  lmp_checknargs(L, 1);
   push_lock(L, 1);
   return 1;
 }
@@ -278,7 +295,7 @@ static int l_release(lua_State *L) { return lock_method(L, "release"); }
 /* with(fn, ...): fn(self, ...) holding the lock. */
 static int l_with(lua_State *L) {
   check_any(L, 1);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lmp_checktype(L, 2, LUA_TFUNCTION);
   push_lock(L, 1);
   lua_pushcfunction(L, lmp__with); /* L: self fn args... lock with */
   lua_insert(L, 1);
@@ -297,7 +314,8 @@ static int obj_gc(lua_State *L) {
 
 static int l_encode(lua_State *L) {
   valobj *v = lua_touserdata(L, 1);
-  if (v == NULL || v->o.arena == NULL) return luaL_error(L, "cannot send a closed object");
+  if (v == NULL || v->o.arena == NULL)
+    return lmp_raise(L, "SerializationError", "cannot send a closed shared object");
   shm_value *s = v->o.p;
   const char *type = s->is_array ? "lmp.Array" : "lmp.Value";
   lmp_shm_obj *objs[2] = {&v->o, NULL};
@@ -309,21 +327,27 @@ static int l_encode(lua_State *L) {
   return lmp_shm_push_handle(L, type, objs, x[0] ? 2 : 1, x, 1);
 }
 
+static int malformed(lua_State *L, const char *name) {
+  return lmp_raise(L, "SerializationError", "malformed %s handle", name);
+}
+
+/* Decodes a Value or Array handle: payload at 1 (1 or 2 records, then the lock's kind byte),
+** fds at 2.. The lock is built by its own decoder from the second record. */
 static int decode(lua_State *L, const char *name) {
   size_t len;
-  const char *p = luaL_checklstring(L, 1, &len);
+  const char *p = lua_tolstring(L, 1, &len);
   int nargs = lua_gettop(L);
-  int n = len > 0 ? (unsigned char)p[0] : 0;
-  if (n != 1 && n != 2) return luaL_error(L, "malformed %s handle", name);
+  int n = p != NULL && len > 0 ? (unsigned char)p[0] : 0;
+  if ((n != 1 && n != 2) || len != 1 + (size_t)n * LMP_REF_SIZE + 1 ||
+      (n == 2 && p[len - 1] != 'R' && p[len - 1] != 'L'))
+    return malformed(L, name);
   valobj *v = lua_newuserdatauv(L, sizeof *v, 1);
   v->o.arena = NULL;
   v->t = NULL;
   luaL_setmetatable(L, name);
-  lmp_shm_obj *objs[2] = {&v->o, NULL};
+  lmp_shm_obj *objs[1] = {&v->o};
   if (n == 2) {
-    /* build the lock userdata through its own decoder for the second record */
     char rec[1 + LMP_REF_SIZE];
-    if (len < 1 + 2 * LMP_REF_SIZE + 1) return luaL_error(L, "malformed %s handle", name);
     rec[0] = 1;
     memcpy(rec + 1, p + 1 + LMP_REF_SIZE, LMP_REF_SIZE);
     lua_getfield(L, LUA_REGISTRYINDEX, "lmp.shm.decoders");
@@ -334,15 +358,12 @@ static int decode(lua_State *L, const char *name) {
     lua_call(L, 2, 1); /* L: ... v decoders lock */
     lua_setiuservalue(L, -3, 1);
     lua_pop(L, 1);
-    char one[1 + LMP_REF_SIZE];
-    one[0] = 1;
-    memcpy(one + 1, p + 1, LMP_REF_SIZE);
-    lua_pushlstring(L, one, sizeof one);
-    lua_replace(L, 1);
-  } else {
-    lua_pushlstring(L, p, 1 + LMP_REF_SIZE);
-    lua_replace(L, 1);
   }
+  char one[1 + LMP_REF_SIZE]; /* the object's own record, as a one-record payload */
+  one[0] = 1;
+  memcpy(one + 1, p + 1, LMP_REF_SIZE);
+  lua_pushlstring(L, one, sizeof one);
+  lua_replace(L, 1);
   size_t xl;
   lmp_shm_read_handle(L, objs, 1, &xl);
   shm_value *s = v->o.p;
@@ -350,7 +371,7 @@ static int decode(lua_State *L, const char *name) {
   if (room < sizeof(shm_value) || (v->t = find_tc((int)s->tc)) == NULL ||
       s->is_array != (strcmp(name, "lmp.Array") == 0) ||
       s->n > (room - sizeof(shm_value)) / v->t->size)
-    return luaL_error(L, "malformed %s handle", name);
+    return malformed(L, name);
   return 1;
 }
 
@@ -370,9 +391,18 @@ static valobj *fast_val(lua_State *L, const char *name) {
   return check_val(L, 1, name);
 }
 
+/* The string key at 2, or NULL (numbers are not converted in place). */
+static const char *key_of(lua_State *L) {
+  return lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+}
+
+static int no_field(lua_State *L, const char *name) {
+  return lmp_raise(L, "ValueError", "cannot set field %s of %s", lmp_pushdescribe(L, 2), name);
+}
+
 static int value_index(lua_State *L) {
   valobj *v = fast_val(L, "lmp.Value");
-  const char *k = lua_tostring(L, 2);
+  const char *k = key_of(L);
   if (k != NULL && strcmp(k, "value") == 0) {
     push_elem(L, info_of(v), elem(v, 0));
     return 1;
@@ -384,34 +414,50 @@ static int value_index(lua_State *L) {
 
 static int value_newindex(lua_State *L) {
   valobj *v = fast_val(L, "lmp.Value");
-  const char *k = lua_tostring(L, 2);
-  if (k == NULL || strcmp(k, "value") != 0)
-    return luaL_error(L, "cannot set field '%s' of lmp.Value", k ? k : "?");
+  const char *k = key_of(L);
+  if (k == NULL || strcmp(k, "value") != 0) return no_field(L, "lmp.Value");
   store_elem(L, info_of(v), elem(v, 0), 3, "value");
   return 0;
 }
 
-/* ---- Array: a[i], #a, totable, 'c' .value/.raw ---- */
+/* ---- Array: a[i], #a, totable, pairs/ipairs, 'c' .value/.raw ---- */
 
+/* ipairs's iterator (the function ipairs returns): a read just past the end from it ends the
+** loop with nil instead of raising. */
+static lua_CFunction ipairs_iter;
+
+/* 1 when the __index call running now was made by ipairs's iterator. */
+static int called_by_ipairs(lua_State *L) {
+  lua_Debug ar;
+  if (ipairs_iter == NULL || !lua_getstack(L, 1, &ar) || !lua_getinfo(L, "f", &ar)) return 0;
+  int yes = lua_tocfunction(L, -1) == ipairs_iter;
+  lua_pop(L, 1);
+  return yes;
+}
+
+/* The 0-based element of the index at idx; ValueError outside 1..#a. */
 static uint64_t check_index(lua_State *L, valobj *v, int idx) {
   int ok;
   lua_Integer i = lua_tointegerx(L, idx, &ok);
   uint64_t n = ((shm_value *)v->o.p)->n;
-  if (!ok) lmp_raise(L, "ValueError", "array index must be an integer");
+  if (!ok) lmp_raise(L, "ValueError", "array index must be an integer, got %s", lmp_pushdescribe(L, idx));
   if (i < 1 || (uint64_t)i > n)
-    lmp_raise(L, "ValueError", "array index %I out of range (1..%I)", i, (lua_Integer)n);
+    lmp_raise(L, "ValueError", "array index %I out of range (1..%I)", (LUAI_UACINT)i,
+              (LUAI_UACINT)n);
   return (uint64_t)i - 1;
 }
 
 static int array_index(lua_State *L) {
   valobj *v = fast_val(L, "lmp.Array");
   const tcinfo *t = info_of(v);
+  shm_value *s = v->o.p;
   if (lua_type(L, 2) == LUA_TNUMBER) {
+    if (lua_isinteger(L, 2) && (uint64_t)lua_tointeger(L, 2) == s->n + 1 && called_by_ipairs(L))
+      return 0;
     push_elem(L, t, elem(v, check_index(L, v, 2)));
     return 1;
   }
-  const char *k = lua_tostring(L, 2);
-  shm_value *s = v->o.p;
+  const char *k = key_of(L);
   if (k != NULL && t->tc == 'c' && strcmp(k, "raw") == 0) {
     lua_pushlstring(L, elem(v, 0), (size_t)s->n);
     return 1;
@@ -431,20 +477,40 @@ static int array_newindex(lua_State *L) {
   shm_value *s = v->o.p;
   if (lua_type(L, 2) == LUA_TNUMBER) {
     uint64_t i = check_index(L, v, 2);
-    store_elem(L, t, elem(v, i), 3, lua_pushfstring(L, "element %I", (lua_Integer)i + 1));
+    store_elem(L, t, elem(v, i), 3, lua_pushfstring(L, "element %I", (LUAI_UACINT)i + 1));
     return 0;
   }
-  const char *k = lua_tostring(L, 2);
+  const char *k = key_of(L);
   if (k != NULL && t->tc == 'c' && (strcmp(k, "raw") == 0 || strcmp(k, "value") == 0)) {
+    if (lua_type(L, 3) != LUA_TSTRING)
+      return lmp_raise(L, "TypeError", "%s: string expected, got %s", k, lmp_pushdescribe(L, 3));
     size_t len;
-    const char *str = luaL_checklstring(L, 3, &len);
+    const char *str = lua_tolstring(L, 3, &len);
     if (len > s->n) return lmp_raise(L, "ValueError", "string too long (%I > %I bytes)",
-                                     (lua_Integer)len, (lua_Integer)s->n);
+                                     (LUAI_UACINT)len, (LUAI_UACINT)s->n);
     memcpy(elem(v, 0), str, len);
     if (k[0] == 'v' && len < s->n) elem(v, 0)[len] = '\0';
     return 0;
   }
-  return luaL_error(L, "cannot set field '%s' of lmp.Array", k ? k : "?");
+  return no_field(L, "lmp.Array");
+}
+
+/* The iterator of pairs(a): (a, i) -> i + 1, a[i + 1] until the end. */
+static int array_next(lua_State *L) {
+  valobj *v = check_val(L, 1, "lmp.Array");
+  lua_Integer i = lua_tointeger(L, 2) + 1;
+  if (i < 1 || (uint64_t)i > ((shm_value *)v->o.p)->n) return 0;
+  lua_pushinteger(L, i);
+  push_elem(L, info_of(v), elem(v, (uint64_t)i - 1));
+  return 2;
+}
+
+static int array_pairs(lua_State *L) {
+  check_val(L, 1, "lmp.Array");
+  lua_pushcfunction(L, array_next);
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, 0);
+  return 3;
 }
 
 static int array_len(lua_State *L) {
@@ -503,12 +569,25 @@ static void make_class(lua_State *L, const char *name, lua_CFunction index,
   if (is_array) {
     lua_pushcfunction(L, array_len);
     lua_setfield(L, -2, "__len");
+    lua_pushcfunction(L, array_pairs);
+    lua_setfield(L, -2, "__pairs");
+  }
+  lua_pop(L, 1);
+}
+
+/* Finds ipairs's iterator (called_by_ipairs), when the base library is there. */
+static void find_ipairs_iter(lua_State *L) {
+  if (lua_getglobal(L, "ipairs") == LUA_TFUNCTION) {
+    lua_newtable(L);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_tocfunction(L, -1) != NULL)
+      ipairs_iter = lua_tocfunction(L, -1);
   }
   lua_pop(L, 1);
 }
 
 void lmp__open_value(lua_State *L) {
   int core = lua_gettop(L);
+  find_ipairs_iter(L);
   make_class(L, "lmp.Value", value_index, value_newindex, 0);
   make_class(L, "lmp.Array", array_index, array_newindex, 1);
   static const luaL_Reg ctors[] = {{"Value", l_Value},       {"RawValue", l_RawValue},

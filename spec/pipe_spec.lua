@@ -4,6 +4,8 @@ local mp = require "lmp"
 local H = require "helper"
 local S = require "shm_helper"
 
+local W = require "waits_helper"
+
 local err_of = H.error_of
 
 describe("Pipe", function()
@@ -51,6 +53,56 @@ describe("Pipe", function()
     assert.are.equal("ok", r:recv_bytes(10))
     assert.is_true(mp.iserror(err_of(r.send_bytes, r, "x"), "ValueError"))
     r:close(); w:close()
+  end)
+
+  it("one-way ends: poll, recv and send on the wrong end raise ValueError", function()
+    local r, w = mp.Pipe(false)
+    assert.is_true(mp.iserror(err_of(w.poll, w), "ValueError"))
+    assert.is_true(mp.iserror(err_of(w.poll, w, 0.1), "ValueError"))
+    assert.is_true(mp.iserror(err_of(w.recv_bytes, w), "ValueError"))
+    assert.is_true(mp.iserror(err_of(r.send_bytes, r, "x"), "ValueError"))
+    assert.is_false(r:poll())
+    w:send("x")
+    assert.is_true(r:poll(1))
+    assert.are.same({ r }, mp.wait({ r, w }, 1)) -- a write-only end is never ready to read
+    assert.are.equal("x", r:recv())
+    r:close(); w:close()
+  end)
+
+  it("poll() looks once; poll(nil) and poll(math.huge) wait without limit", function()
+    S.assert_ok(S.run_bounded([[
+      local a, b = mp.Pipe()
+      local t0 = mp.monotonic()
+      assert(a:poll() == false and mp.monotonic() - t0 < 1)
+      for _, t in ipairs { "nil", math.huge } do
+        local p = mp.Process(function(b) mp.sleep(0.2); b:send(1) end, { b })
+        p:start()
+        t0 = mp.monotonic()
+        if t == "nil" then assert(a:poll(nil)) else assert(a:poll(t)) end
+        assert(mp.monotonic() - t0 >= 0.15)
+        a:recv()
+        assert(p:join(10) == 0)
+      end
+      print("ok")
+    ]], 30))
+  end)
+
+  it("follows the one timeout rule in poll and mp.wait", function()
+    S.assert_ok(S.run_bounded(W.rule_script { "Connection:poll", "mp.wait" }, 60))
+  end)
+
+  it("send_bytes checks its offset and size", function()
+    local a, b = mp.Pipe()
+    assert.is_true(mp.iserror(err_of(a.send_bytes, a, "abc", 4), "ValueError"))
+    assert.is_true(mp.iserror(err_of(a.send_bytes, a, "abc", -1), "ValueError"))
+    assert.is_true(mp.iserror(err_of(a.send_bytes, a, "abc", 1, 3), "ValueError"))
+    assert.is_true(mp.iserror(err_of(a.send_bytes, a, "abc", "1"), "TypeError"))
+    assert.is_true(mp.iserror(err_of(a.send_bytes, a, 42), "TypeError"))
+    a:send_bytes("abc", 3)
+    a:send_bytes("abc", 1, 2)
+    assert.are.equal("", b:recv_bytes())
+    assert.are.equal("bc", b:recv_bytes())
+    a:close(); b:close()
   end)
 
   it("raises encoding errors in send", function()

@@ -2,6 +2,8 @@
 -- closures/globals/modules shipped to the child, and no child left behind.
 local mp = require "lmp"
 local H = require "helper"
+local S = require "shm_helper"
+local W = require "waits_helper"
 
 -- A global helper defined after require, used by a closure run in the child.
 function global_helper(x) return x * 7 end
@@ -238,7 +240,7 @@ describe("mp.Process", function()
     ok, err = pcall(p.is_alive, p)
     assert.is_true(mp.iserror(err, "ValueError"))
     ok, err = pcall(mp.Process, 42)
-    assert.is_true(mp.iserror(err, "ValueError"))
+    assert.is_true(mp.iserror(err, "TypeError"))
     local q = mp.Process(function() mp.sleep(30) end)
     q:start()
     ok, err = pcall(q.close, q)
@@ -293,5 +295,113 @@ describe("mp.Process", function()
       if alive then mp.sleep(0.05) end
     end
     assert.is_false(alive, "the child outlived its killed parent")
+  end)
+
+  it("follows the one timeout rule in join", function()
+    S.assert_ok(S.run_bounded(W.rule_script { "Process:join" }, 60))
+  end)
+
+  it("forgets a child once its exit code is taken: joined, or ended and never joined", function()
+    local base = mp.core.children_stats()
+    for _ = 1, 100 do
+      local p = mp.Process(function() end)
+      p:start()
+      assert.are.equal(0, p:join(10)) -- joined, never closed
+    end
+    assert.is_true(mp.core.children_stats() - base <= 1, "entries: " .. mp.core.children_stats())
+    local ps = {}
+    for i = 1, 30 do
+      ps[i] = mp.Process(function(i) os.exit(i) end, { i })
+      ps[i]:start()
+    end
+    local deadline = mp.monotonic() + 10
+    while #mp.active_children() > 0 and mp.monotonic() < deadline do mp.sleep(0.02) end
+    assert.is_true(mp.core.children_stats() - base <= 1)
+    for i = 1, 30 do
+      assert.are.equal(i, ps[i].exitcode) -- the code lives in the Process object now
+      assert.are.equal(i, ps[i]:join())
+    end
+  end)
+
+  describe("join inside a child", function()
+    it("a Process started by a Process child: join() and join(2) see its exit", function()
+      S.assert_ok(S.run_bounded([[
+        local q = mp.Queue()
+        local p = mp.Process(function(q)
+          local c = mp.Process(function() mp.sleep(0.2) end)
+          c:start()
+          local t0 = mp.monotonic()
+          local code = c:join()
+          local c2 = mp.Process(function() os.exit(4) end)
+          c2:start()
+          local t1 = mp.monotonic()
+          local code2 = c2:join(2)
+          q:put({ code, mp.monotonic() - t0, code2, mp.monotonic() - t1 })
+        end, { q })
+        p:start()
+        local r = q:get(true, 20)
+        assert(p:join(20) == 0)
+        assert(r[1] == 0 and r[2] < 1.5, "join(): " .. tostring(r[1]) .. " after " .. r[2])
+        assert(r[3] == 4 and r[4] < 1.5, "join(2): " .. tostring(r[3]) .. " after " .. r[4])
+        print("ok")
+      ]], 30))
+    end)
+
+    it("nested three deep, each level starting and joining its own children", function()
+      S.assert_ok(S.run_bounded([[
+        local v = mp.Value("i", 0)
+        local function level(depth, v)
+          v:with(function() v.value = v.value + 1 end)
+          if depth == 0 then return end
+          local kids = {}
+          for i = 1, 2 do
+            kids[i] = mp.Process(level, { depth - 1, v })
+            kids[i]:start()
+          end
+          for i = 1, 2 do assert(kids[i]:join(10) == 0, "a child failed") end
+        end
+        local p = mp.Process(level, { 3, v })
+        p:start()
+        assert(p:join(30) == 0)
+        assert(v.value == 15, "processes that ran: " .. v.value) -- 1 + 2 + 4 + 8
+        print("ok")
+      ]], 60))
+    end)
+
+    it("a Pool made inside a Process: map, close and join", function()
+      S.assert_ok(S.run_bounded([[
+        local q = mp.Queue()
+        local p = mp.Process(function(q)
+          local pool = mp.Pool(2)
+          local r = pool:map(function(x) return x * x end, { 1, 2, 3, 4 })
+          pool:close()
+          local t0 = mp.monotonic()
+          local joined = pool:join(10)
+          q:put({ r, joined, mp.monotonic() - t0 })
+        end, { q })
+        p:start()
+        local r = q:get(true, 30)
+        assert(p:join(20) == 0)
+        assert(r[1][4] == 16 and r[1].n == 4, "map")
+        assert(r[2] ~= false and r[3] < 5, "pool:join took " .. r[3])
+        print("ok")
+      ]], 60))
+    end)
+  end)
+
+  it("a target that sets io.stdout and io.stderr to nil still exits normally", function()
+    local out, err, code = H.run_lmp([[
+      local mp = require "lmp"
+      local ok = mp.Process(function() print("from the child"); io.stdout = nil end)
+      ok:start()
+      local bad = mp.Process(function() io.stdout, io.stderr = nil, nil; error("after nil") end)
+      bad:start()
+      print("exitcodes", ok:join(10), bad:join(10))
+    ]])
+    assert.are.equal(0, code)
+    assert.matches("from the child", out)
+    assert.matches("exitcodes\t0\t1", out)
+    assert.is_nil(err:match("bootstrap failed"), err)
+    assert.matches("after nil", err)
   end)
 end)

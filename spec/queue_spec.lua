@@ -1,9 +1,11 @@
 -- queue_spec.lua — Queue, SimpleQueue, JoinableQueue: values, ordering, Full/Empty with and
--- without blocking, processes on both ends, many producers and consumers, huge items, and a
--- writer SIGKILLed in the middle of a put.
+-- without blocking, processes on both ends, many producers and consumers, huge items, a
+-- writer SIGKILLed in the middle of a put, the failure paths of get, and the timeout rule.
 local mp = require "lmp"
 local H = require "helper"
 local S = require "shm_helper"
+
+local W = require "waits_helper"
 
 local err_of = H.error_of
 
@@ -154,13 +156,85 @@ describe("Queue", function()
     local p = interrupt_me(0.2)
     assert.is_true(mp.iserror(err_of(q.get, q, true, 10), "InterruptedError"))
     S.join_all({ p })
-    p = interrupt_me(0.2)
-    assert.is_true(mp.iserror(err_of(q.put, q, string.rep("x", 8 << 20), true, 10), "InterruptedError"))
+    local big = string.rep("x", 8 << 20) -- made before: Ctrl-C must come during the put's wait
+    p = interrupt_me(0.5)
+    assert.is_true(mp.iserror(err_of(q.put, q, big, true, 10), "InterruptedError"))
     S.join_all({ p })
     -- the withdrawn part still fills the ring until a reader drops it
     assert.is_true(mp.iserror(err_of(q.get, q, true, 0.2), "Empty"))
     q:put("fine")
     assert.are.equal("fine", q:get(true, 1))
+  end)
+
+  describe("failure paths", function()
+    it("an item that cannot be decoded leaves the queue sound; Ctrl-C still interrupts", function()
+      S.assert_ok(S.run_bounded([[
+        local q = mp.Queue()
+        -- shared objects made by a child that has exited: their handles cannot be mapped
+        local p = mp.Process(function(q)
+          q:put(mp.Lock()); q:put(mp.Value("i", 7)); q:put({ mp.Condition() }); q:put("fine")
+        end, { q })
+        p:start()
+        assert(p:join(20) == 0)
+        for _ = 1, 3 do
+          local ok, e = pcall(q.get, q, true, 5)
+          assert(not ok and mp.iserror(e, "SerializationError") and e.message:match("exited"),
+            tostring(e))
+        end
+        assert(q:get(true, 5) == "fine")
+        local t0 = mp.monotonic()
+        local ok, e = pcall(q.get, q, true, 0.05)
+        assert(not ok and mp.iserror(e, "Empty"), tostring(e))
+        assert(mp.monotonic() - t0 < 2, "get(true, 0.05) took too long")
+        assert(q:qsize() == 0 and q:empty())
+        local k = mp.Process(function(pid) mp.sleep(0.3); os.execute("kill -INT " .. pid) end,
+          { mp.getpid() })
+        k:start()
+        ok, e = pcall(q.get, q, true, 20)
+        assert(not ok and mp.iserror(e, "InterruptedError"), tostring(e))
+        assert(k:join(10) == 0)
+        q:put("again")
+        assert(q:get(true, 1) == "again")
+        print("ok")
+      ]], 60))
+    end)
+
+    it("an item there is no memory for is dropped with ProcessError and stops counting", function()
+      S.assert_ok(S.run_bounded([[
+        local q = mp.Queue()
+        local w = mp.Process(function(q) q:put(string.rep("x", 300 << 20)); q:put("after") end, { q })
+        w:start()
+        mp.sleep(0.5) -- the writer has encoded the item and is blocked on the full ring
+        local vm
+        for l in io.lines("/proc/self/status") do vm = vm or l:match("^VmSize:%s+(%d+)") end
+        local limit = ("prlimit --pid %d --as=%%s:"):format(mp.getpid())
+        assert(os.execute(limit:format(tonumber(vm) * 1024 + (64 << 20))))
+        local ok, e = pcall(q.get, q, true, 20)
+        assert(os.execute(limit:format("unlimited")))
+        assert(not ok and mp.iserror(e, "ProcessError") and e.message:match("memory"), tostring(e))
+        assert(q:get(true, 10) == "after")
+        assert(q:qsize() == 0 and q:empty(), "the dropped item still counts")
+        assert(w:join(10) == 0)
+        print("ok")
+      ]], 60, "env ASAN_OPTIONS=allocator_may_return_null=1")) -- under ASan too: malloc fails
+    end)
+
+    it("a failed put leaves no item and no lock behind", function()
+      local q = mp.Queue(1)
+      assert.is_true(mp.iserror(err_of(q.put, q, { f = coroutine.create(print) }), "SerializationError"))
+      assert.is_true(mp.iserror(err_of(q.put, q, 1, "yes"), "TypeError"))
+      assert.is_true(mp.iserror(err_of(q.put, q, 1, true, 0 / 0), "ValueError"))
+      assert.are.equal(0, q:qsize())
+      q:put(1)
+      assert.is_true(mp.iserror(err_of(q.put, q, 2, true, 0.05), "Full"))
+      assert.are.equal(1, q:get(true, 1))
+      q:put(3, true, 1)
+      assert.are.equal(3, q:get(true, 1))
+    end)
+  end)
+
+  it("follows the one timeout rule in get, put and join", function()
+    S.assert_ok(S.run_bounded(W.rule_script { "Queue:get", "Queue:put", "JoinableQueue:join" }, 60))
   end)
 
   describe("JoinableQueue", function()

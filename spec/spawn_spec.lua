@@ -66,6 +66,20 @@ describe("the spawn start method", function()
     a:close(); b:close()
   end)
 
+  it("is what a spawned child reports, and what its own children are started with", function()
+    local q = mp.Queue()
+    local p = mp.Process(function(q)
+      local c = mp.Process(function(q) q:put(mp.get_start_method()) end, { q })
+      c:start()
+      c:join(10)
+      q:put({ mp.get_start_method(), c:join(10) })
+    end, { q })
+    p:start()
+    assert.are.equal("spawn", q:get(true, 10)) -- the grandchild
+    assert.are.same({ "spawn", 0 }, q:get(true, 10)) -- the child
+    assert.are.equal(0, p:join(10))
+  end)
+
   it("reports an uncaught error with exit code 1", function()
     local p = mp.Process(function() error("spawned boom") end)
     p:start()

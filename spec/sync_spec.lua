@@ -1,8 +1,11 @@
 -- sync_spec.lua — Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition and Barrier, in one
--- process and across processes; a killed lock holder; timeouts on every blocking call.
+-- process and across processes; a killed lock holder; the one timeout rule on every blocking
+-- call; Condition's notify wakes only earlier waiters; every blocking call of lmp refuses to
+-- block inside a loop callback.
 local mp = require "lmp"
 local H = require "helper"
 local S = require "shm_helper"
+local W = require "waits_helper"
 
 describe("sync", function()
   before_each(S.setup)
@@ -191,6 +194,59 @@ describe("sync", function()
       assert.is_false(c:with(function() return c:wait_for(function() return false end, 0.05) end))
     end)
 
+    it("notify wakes only a process already waiting, not one that waits after it", function()
+      -- the notifier waits right after its own notify: the wake-up is the earlier waiter's
+      S.assert_ok(S.run_bounded([[
+        local c, waiting, result = mp.Condition(), mp.Value("i", 0), mp.Value("d", -1)
+        local p = mp.Process(function(c, waiting, result)
+          c:acquire()
+          waiting.value = 1
+          local t0 = mp.monotonic()
+          local woken = c:wait(10)
+          result.value = woken and mp.monotonic() - t0 or -2
+          c:release()
+        end, { c, waiting, result })
+        p:start()
+        repeat -- the child holds the lock until its wait releases it
+          c:acquire()
+          local ready = waiting.value == 1
+          if not ready then c:release(); mp.sleep(0.01) end
+        until ready
+        c:notify()
+        local mine = c:wait_for(function() return false end, 0.5)
+        local stolen = c:wait(0.2)
+        c:release()
+        assert(p:join(20) == 0)
+        assert(mine == false and stolen == false, "the notifier took the wake-up itself")
+        assert(result.value >= 0 and result.value < 5,
+          "the waiter was not woken by the notify: " .. result.value)
+        print("ok")
+      ]], 60))
+    end)
+
+    it("notify(n) wakes n of the waiters present, wherever later waiters come", function()
+      S.assert_ok(S.run_bounded([[
+        local c, n, woke = mp.Condition(), mp.Value("i", 0), mp.Value("i", 0)
+        local ps = {}
+        for i = 1, 3 do
+          ps[i] = mp.Process(function(c, n, woke)
+            c:acquire(); n.value = n.value + 1
+            if c:wait(3) then woke.value = woke.value + 1 end
+            c:release()
+          end, { c, n, woke })
+          ps[i]:start()
+        end
+        while c:with(function() return n.value end) < 3 do mp.sleep(0.01) end
+        c:with(function()
+          c:notify(2)
+          assert(c:wait(0.3) == false, "a wait after notify(2) took one of its wake-ups")
+        end)
+        for _, p in ipairs(ps) do assert(p:join(20) == 0) end
+        assert(woke.value == 2, "woken: " .. woke.value)
+        print("ok")
+      ]], 60))
+    end)
+
     it("notify(1) wakes one waiter", function()
       local c = mp.Condition()
       local woke = mp.Value("i", 0)
@@ -287,5 +343,83 @@ describe("sync", function()
       local b = mp.Barrier(3, nil, 0.05)
       assert.has_error(function() b:wait() end)
     end)
+  end)
+
+  it("follows the one timeout rule in every blocking call", function()
+    S.assert_ok(S.run_bounded(W.rule_script { "Lock:acquire", "RLock:acquire",
+      "Semaphore:acquire", "BoundedSemaphore:acquire", "Event:wait", "Condition:wait",
+      "Condition:wait_for", "Barrier:wait", "Barrier(timeout):wait" }, 90))
+  end)
+
+  it("blocking calls raise ValueError inside a loop callback; calls that do not block work", function()
+    local out, err, status = S.run_bounded([[
+      local pool = mp.Pool(1)
+      local q, full, jq, e = mp.Queue(), mp.Queue(1), mp.JoinableQueue(), mp.Event()
+      local l, sem, c, bar = mp.Lock(), mp.Semaphore(0), mp.Condition(), mp.Barrier(2)
+      local a, b = mp.Pipe()
+      local p = mp.Process(function() mp.sleep(30) end)
+      p:start()
+      full:put(0); jq:put(0); l:acquire()
+      local got, order = {}, {}
+      local function try(name, f, ...)
+        local ok, err = pcall(f, ...)
+        order[#order + 1] = name
+        got[name] = ok and "ok" or (mp.iserror(err) and err.type or tostring(err))
+      end
+      local r = pool:apply_async(function() return 1 end, {}, function()
+        try("Queue:get", q.get, q)
+        try("Queue:get(true, 5)", q.get, q, true, 5)
+        try("Queue:put on a full queue", full.put, full, 1)
+        try("JoinableQueue:join", jq.join, jq)
+        try("Event:wait", e.wait, e)
+        try("Event:wait(5)", e.wait, e, 5)
+        try("Lock:acquire of a held lock", l.acquire, l)
+        try("Semaphore:acquire", sem.acquire, sem)
+        c:acquire()
+        try("Condition:wait", c.wait, c, 5)
+        c:release()
+        try("Barrier:wait", bar.wait, bar, 5)
+        try("Connection:recv", a.recv, a)
+        try("Connection:recv_bytes", a.recv_bytes, a)
+        try("Connection:poll(5)", a.poll, a, 5)
+        try("Process:join", p.join, p)
+        try("mp.wait", mp.wait, { a, q }, 5)
+        try("mp.sleep", mp.sleep, 0.5)
+        q:put("x"); try("Queue:get of a waiting item", q.get, q)
+        try("Queue:get(true, 0)", q.get, q, true, 0)
+        e:set(); try("Event:wait of a set event", e.wait, e)
+        try("Lock:acquire(false)", l.acquire, l, false)
+        local l2 = mp.Lock(); try("Lock:acquire of a free lock", l2.acquire, l2)
+        b:send("y"); try("Connection:recv of a waiting message", a.recv, a)
+        try("Connection:poll()", a.poll, a)
+        try("Process:join(0)", p.join, p, 0)
+        try("mp.wait(..., 0)", mp.wait, { a, q }, 0)
+      end)
+      assert(r:get(20) == 1)
+      for _, k in ipairs(order) do print(k, got[k]) end
+      print("barrier broken", bar.broken, "condition lock held", c:acquire(false))
+      p:kill(); p:join(10)
+      pool:terminate()
+    ]], 60)
+    assert.are.equal(0, status, err)
+    local want = {
+      ["Queue:get"] = "ValueError", ["Queue:get(true, 5)"] = "ValueError",
+      ["Queue:put on a full queue"] = "ValueError", ["JoinableQueue:join"] = "ValueError",
+      ["Event:wait"] = "ValueError", ["Event:wait(5)"] = "ValueError",
+      ["Lock:acquire of a held lock"] = "ValueError", ["Semaphore:acquire"] = "ValueError",
+      ["Condition:wait"] = "ValueError", ["Barrier:wait"] = "ValueError",
+      ["Connection:recv"] = "ValueError", ["Connection:recv_bytes"] = "ValueError",
+      ["Connection:poll(5)"] = "ValueError", ["Process:join"] = "ValueError",
+      ["mp.wait"] = "ValueError", ["mp.sleep"] = "ValueError",
+      ["Queue:get of a waiting item"] = "ok", ["Queue:get(true, 0)"] = "Empty",
+      ["Event:wait of a set event"] = "ok", ["Lock:acquire(false)"] = "ok",
+      ["Lock:acquire of a free lock"] = "ok", ["Connection:recv of a waiting message"] = "ok",
+      ["Connection:poll()"] = "ok", ["Process:join(0)"] = "ok", ["mp.wait(..., 0)"] = "ok",
+    }
+    local got = {}
+    for name, result in out:gmatch("([^\n]-)\t(%S+)\n") do got[name] = result end
+    assert.are.same(want, (function() local t = {}; for k in pairs(want) do t[k] = got[k] end; return t end)())
+    -- a refused wait changed nothing: the barrier is not broken, the condition's lock is free
+    assert.matches("barrier broken\tfalse\tcondition lock held\ttrue", out)
   end)
 end)

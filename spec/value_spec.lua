@@ -46,6 +46,16 @@ describe("shared memory", function()
       assert.are.equal("x", c.value)
     end)
 
+    it("starts at zero without an initial value", function()
+      assert.are.equal(0, mp.Value("i").value)
+      assert.are.equal("integer", math.type(mp.Value("q").value))
+      assert.are.equal(0.0, mp.Value("d").value)
+      assert.are.equal("float", math.type(mp.Value("f").value))
+      assert.are.equal("\0", mp.Value("c").value)
+      assert.are.equal(0, mp.RawValue("B").value)
+      assert.are.equal(0, mp.Value("i", nil, { lock = false }).value)
+    end)
+
     it("rejects bad values and typecodes, naming the problem", function()
       local v = mp.Value("B", 1)
       local ok, err = pcall(function() v.value = 300 end)
@@ -135,6 +145,24 @@ describe("shared memory", function()
       local r = mp.RawArray("h", 3)
       assert.are.equal(3, #r)
       assert.are.equal("ValueError", err_type(r.get_lock, r))
+    end)
+
+    it("works with ipairs and pairs", function()
+      local a = mp.Array("d", { 1.5, 2.5, 3.5 })
+      local seen = {}
+      for i, v in ipairs(a) do seen[#seen + 1] = i .. "=" .. v end
+      assert.are.equal("1=1.5 2=2.5 3=3.5", table.concat(seen, " "))
+      seen = {}
+      for i, v in pairs(a) do seen[#seen + 1] = i .. "=" .. v end
+      assert.are.equal("1=1.5 2=2.5 3=3.5", table.concat(seen, " "))
+      for _ in ipairs(mp.Array("i", 0)) do error("an empty array has no element") end
+      for _ in pairs(mp.RawArray("i", 0)) do error("an empty array has no element") end
+      local c = mp.Array("c", "ab")
+      seen = {}
+      for i, ch in ipairs(c) do seen[i] = ch end
+      assert.are.same({ "a", "b" }, seen)
+      -- reading past the end outside ipairs is still an error
+      assert.are.equal("ValueError", err_type(function() return a[4] end))
     end)
 
     it("'c' arrays have .value and .raw", function()

@@ -18,7 +18,7 @@ mp.iserror = errors.iserror
 -- Codec ------------------------------------------------------------------------------------
 function mp.encode(v, root) return core.encode(v, root) end
 function mp.decode(s)
-  if type(s) ~= "string" then errors.argerror("decode", 1, "string expected, got " .. type(s)) end
+  if type(s) ~= "string" then errors.typeerror("decode", "the message", "a string", s) end
   return core.decode(s)
 end
 
@@ -38,7 +38,8 @@ mp.monotonic = core.monotonic
 --- Sleeps for seconds (fractional). In the parent the event loop runs meanwhile, so results,
 --- callbacks and child exits are handled; Ctrl-C raises InterruptedError.
 function mp.sleep(seconds)
-  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
+  if type(seconds) ~= "number" then errors.typeerror("sleep", "seconds", "a number", seconds) end
+  if seconds ~= seconds or seconds < 0 then
     errors.argerror("sleep", 1, "non-negative number expected, got " .. tostring(seconds))
   end
   core.sleep(seconds)
@@ -64,14 +65,7 @@ function mp.poll(timeout, ...)
 end
 
 -- Start methods ------------------------------------------------------------------------------
-local start_method = "fork"
-function mp.set_start_method(method)
-  if method ~= "fork" and method ~= "spawn" then
-    errors.argerror("set_start_method", 1, "\"fork\" or \"spawn\" expected, got " .. tostring(method))
-  end
-  core.set_start_method(method)
-  start_method = method
-end
-function mp.get_start_method() return start_method end
+mp.set_start_method = core.set_start_method -- a spawned child reports "spawn" too
+mp.get_start_method = core.get_start_method
 
 return mp

@@ -14,24 +14,42 @@ local identity = { name = "MainProcess", daemon = false }
 local parent_identity = nil
 local counter = 0         -- children started by this process, for their names
 local live = {}           -- started, not yet seen exited: Process -> true
+local stderr = io.stderr  -- kept: a target may replace io.stderr before its error is reported
 
 local INTERNAL = { _started = true, _closed = true, _exitcode = true, _target = true,
                    _args = true }
+local TARGET_OPTIONS = { target = true, args = true, name = true, daemon = true }
 
-local function check_open(p, what)
-  if rawget(p, "_closed") then errors.raise("ValueError", "process object is closed (" .. what .. ")") end
+-- Raises a TypeError unless p is a Process (p.start() instead of p:start()).
+local function check(p, fname)
+  if getmetatable(p) ~= Process then
+    errors.typeerror("Process:" .. fname, "self", "an lmp.Process (call it as p:" .. fname .. "())",
+      p, 1)
+  end
 end
 
--- The exit code, reaping the child when it has exited; nil while it runs.
+local function check_open(p, fname)
+  check(p, fname)
+  if rawget(p, "_closed") then errors.valueerror("Process:" .. fname, "process object is closed", 1) end
+end
+
+-- The exit code, taking it from the children table once the child has exited (the table then
+-- forgets the child: the code lives here); nil while it runs.
 local function exitcode(p)
   local code = rawget(p, "_exitcode")
   if code ~= nil or not rawget(p, "_started") then return code end
-  code = core.status(p.pid)
+  code = core.status(rawget(p, "pid"))
   if code ~= nil then
     rawset(p, "_exitcode", code)
     live[p] = nil
   end
   return code
+end
+
+-- Takes the exit codes of the children that have ended (as CPython does on every start), so
+-- that unjoined children do not pile up in the children table.
+local function sweep()
+  for p in pairs(live) do exitcode(p) end
 end
 
 function Process.__index(p, k)
@@ -47,11 +65,9 @@ function Process.__tostring(p)
     p.daemon and " daemon" or "")
 end
 
-local function pack_args(args, fname)
+local function pack_args(args)
   if args == nil then return { n = 0 } end
-  if type(args) ~= "table" then
-    errors.argerror(fname, 2, "args must be a table, got " .. type(args))
-  end
+  if type(args) ~= "table" then errors.typeerror("Process", "args", "a table", args, 1) end
   local n = args.n
   if math.type(n) ~= "integer" then n = #args end
   local t = { n = n }
@@ -59,28 +75,41 @@ local function pack_args(args, fname)
   return t
 end
 
+-- The table form: {target=f, args=, name=, daemon=} (no other key), or {run=f, <user fields>}.
+local function from_table(spec, p)
+  if spec.target ~= nil then
+    if type(spec.target) ~= "function" then
+      errors.typeerror("Process", "target", "a function", spec.target, 1)
+    end
+    errors.check_options(spec, "Process", TARGET_OPTIONS, 1)
+    p._target, p._args = spec.target, pack_args(spec.args)
+    p.name, p.daemon = spec.name, spec.daemon
+    return
+  end
+  if spec.run == nil then errors.valueerror("Process", "a target or a run function is required", 1) end
+  if type(spec.run) ~= "function" then errors.typeerror("Process", "run", "a function", spec.run, 1) end
+  for k, v in pairs(spec) do p[k] = v end
+end
+
 --- mp.Process{target=f, args={...}, name=, daemon=} | mp.Process(f [, args]) |
 --- mp.Process{run=function(self) ... end, <user fields>}
-function M.Process(spec, args)
+function M.Process(...)
+  local spec, args = ...
   local p = {}
   if type(spec) == "function" then
-    p._target, p._args = spec, pack_args(args, "Process")
+    errors.check_nargs(select("#", ...), 2, "Process")
+    p._target, p._args = spec, pack_args(args)
   elseif type(spec) == "table" then
-    for k, v in pairs(spec) do
-      if k ~= "target" and k ~= "args" then p[k] = v end
-    end
-    if spec.target ~= nil and type(spec.target) ~= "function" then
-      errors.argerror("Process", 1, "target must be a function, got " .. type(spec.target))
-    end
-    if spec.target == nil and type(spec.run) ~= "function" then
-      errors.argerror("Process", 1, "a target or a run function is required")
-    end
-    p._target, p._args = spec.target, pack_args(spec.args, "Process")
+    errors.check_nargs(select("#", ...), 1, "Process")
+    from_table(spec, p)
   else
-    errors.argerror("Process", 1, "a function or a table expected, got " .. type(spec))
+    errors.typeerror("Process", "argument #1", "a function or a table", spec)
   end
   if p.name ~= nil and type(p.name) ~= "string" then
-    errors.argerror("Process", 1, "name must be a string")
+    errors.typeerror("Process", "name", "a string", p.name)
+  end
+  if p.daemon ~= nil and type(p.daemon) ~= "boolean" then
+    errors.typeerror("Process", "daemon", "a boolean", p.daemon)
   end
   if p.name == nil then
     counter = counter + 1
@@ -99,43 +128,55 @@ local function self_fields(p)
   return t
 end
 
-function Process:start()
-  check_open(self, "start")
-  if rawget(self, "_started") then errors.raise("ValueError", "cannot start a process twice") end
-  if identity.daemon then
-    errors.raise("ValueError", "daemonic processes are not allowed to have children")
-  end
-  local job = { name = self.name, daemon = self.daemon, parent = identity.name }
-  if self._target then
-    job.fn, job.args = self._target, self._args
+-- The payload of the child: the job, encoded; a SerializationError names the path from the
+-- user's point of view (args[2].conf.cb, target.upvalue(x)...).
+local function encode_job(p)
+  local job = { name = p.name, daemon = p.daemon, parent = identity.name }
+  if rawget(p, "_target") then
+    job.fn, job.args = p._target, p._args
   else
-    job.fn, job.self = self.run, self_fields(self)
+    job.fn, job.self = p.run, self_fields(p)
   end
   local ok, payload = pcall(core.encode, job, "process")
-  if not ok then -- name the path from the user's point of view: args[2].conf.cb
+  if not ok then
     if errors.iserror(payload, "SerializationError") then
       payload.message = tostring(payload.message):gsub("^process%.", "", 1)
-      payload.message = payload.message:gsub("^fn%.", self._target and "target." or "run.", 1)
+      payload.message = payload.message:gsub("^fn%.", p._target and "target." or "run.", 1)
     end
-    error(payload, 2)
+    error(payload, 3)
   end
+  return payload
+end
+
+function Process:start(...)
+  check_open(self, "start")
+  errors.check_nargs(select("#", ...), 0, "Process:start")
+  if rawget(self, "_started") then errors.valueerror("Process:start", "cannot start a process twice") end
+  if identity.daemon then
+    errors.valueerror("Process:start", "daemonic processes are not allowed to have children")
+  end
+  if type(self.name) ~= "string" then errors.typeerror("Process:start", "name", "a string", self.name) end
+  sweep()
+  local payload = encode_job(self)
   local pid, err = core.fork(payload, "process", self.daemon)
   if not pid then errors.raise("ProcessError", err) end
   rawset(self, "pid", pid)
   rawset(self, "_started", true)
+  -- the child has its own copy: the parent keeps no reference to the target and its arguments
+  rawset(self, "_target", nil)
+  rawset(self, "_args", nil)
   live[self] = true
   return self
 end
 
-function Process:join(timeout)
+function Process:join(timeout, ...)
   check_open(self, "join")
-  if not rawget(self, "_started") then errors.raise("ValueError", "can only join a started process") end
-  if timeout ~= nil and type(timeout) ~= "number" then
-    errors.argerror("join", 1, "timeout must be a number or nil")
-  end
+  errors.check_nargs(select("#", ...) + 1, 1, "Process:join")
+  timeout = errors.timeout(timeout, "Process:join", "timeout")
+  if not rawget(self, "_started") then errors.valueerror("Process:join", "can only join a started process") end
   local code = exitcode(self)
   if code ~= nil then return code end
-  code = core.join(self.pid, timeout)
+  code = core.join(rawget(self, "pid"), timeout)
   if code ~= nil then
     rawset(self, "_exitcode", code)
     live[self] = nil
@@ -148,21 +189,20 @@ function Process:is_alive()
   return rawget(self, "_started") == true and exitcode(self) == nil
 end
 
-local function send_signal(p, sig)
-  check_open(p, "signal")
-  if rawget(p, "_started") and exitcode(p) == nil then core.signal(p.pid, sig) end
+local function send_signal(p, sig, fname)
+  check_open(p, fname)
+  if rawget(p, "_started") and exitcode(p) == nil then core.signal(rawget(p, "pid"), sig) end
 end
 
-function Process:terminate() send_signal(self, core.signals.SIGTERM) end
-function Process:kill() send_signal(self, core.signals.SIGKILL) end
+function Process:terminate() send_signal(self, core.signals.SIGTERM, "terminate") end
+function Process:kill() send_signal(self, core.signals.SIGKILL, "kill") end
 
 function Process:close()
+  check(self, "close")
   if rawget(self, "_closed") then return end
-  if rawget(self, "_started") then
-    if exitcode(self) == nil then
-      errors.raise("ValueError", "cannot close a process while it is still running; join or terminate it first")
-    end
-    core.forget(self.pid)
+  if rawget(self, "_started") and exitcode(self) == nil then
+    errors.valueerror("Process:close",
+      "cannot close a process while it is still running; join or terminate it first")
   end
   rawset(self, "_closed", true)
   live[self] = nil
@@ -186,19 +226,22 @@ local function info_is_alive(self)
 end
 
 function M.current_process()
-  return { name = identity.name, pid = core.getpid(), daemon = identity.daemon,
-           is_alive = info_is_alive }
+  return { name = identity.name, pid = core.getpid(), ident = core.getpid(),
+           daemon = identity.daemon, is_alive = info_is_alive }
 end
 
 function M.parent_process()
   if not parent_identity then return nil end
-  return { name = parent_identity.name, pid = parent_identity.pid, is_alive = info_is_alive }
+  return { name = parent_identity.name, pid = parent_identity.pid, ident = parent_identity.pid,
+           is_alive = info_is_alive }
 end
 
 M.ProcessClass = Process
 
 -- Child side -------------------------------------------------------------------------------
 
+-- Writes an uncaught error of the child to io.stderr, as the target left it (a file of its
+-- own, like Python's sys.stderr), or to the stderr of the start when it is gone; never raises.
 local function report(name, err)
   local msg
   if type(err) == "string" then
@@ -207,21 +250,21 @@ local function report(name, err)
     local ok, s = pcall(tostring, err)
     msg = ok and s or ("(error object is a " .. type(err) .. " value)")
   end
-  io.stderr:write(("Process %s:\n%s\n"):format(name, msg))
-  io.stderr:flush()
+  local out = io.type(io.stderr) == "file" and io.stderr or stderr
+  pcall(function()
+    out:write(("Process %s:\n%s\n"):format(name, msg))
+    out:flush()
+  end)
 end
 
 local function traceback(err)
   if type(err) == "string" then return debug.traceback(err, 2) end
-  if errors.iserror(err) then
-    return debug.traceback(tostring(err), 2)
-  end
   local ok, s = pcall(tostring, err)
   return debug.traceback(ok and s or "(error object)", 2)
 end
 
 --- Called by the C child (mode "process") in the fresh state: runs the job, returns the
---- exit code.
+--- exit code. The C side flushes every stdio stream after it returns.
 function M._bootstrap(payload, mode)
   if mode ~= "process" then
     local handler = require("lmp." .. mode)._bootstrap
@@ -244,7 +287,6 @@ function M._bootstrap(payload, mode)
   else
     ok, res = xpcall(job.fn, traceback, table.unpack(job.args, 1, job.args.n))
   end
-  io.stdout:flush()
   if not ok then
     report(job.name, res)
     return 1

@@ -2,6 +2,7 @@
 -- Array, Queue family, Pipe) built by lmp.core, plus mp.wait over Pipe ends, Queues and
 -- Processes. init.lua copies every field of this table into mp.
 local core = require "lmp.core"
+local errors = require "lmp.errors"
 
 local M = {}
 
@@ -11,37 +12,47 @@ for _, name in ipairs { "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event
   M[name] = core[name]
 end
 
--- Readiness of one object for mp.wait: data to read (Pipe end, Queue) or exited (Process).
-local function is_ready(o)
-  local ok, ready = pcall(function() return o._ready end)
-  if ok and type(ready) == "function" then return o:_ready() end
-  local alive = type(o) == "table" and o.is_alive
-  if type(alive) == "function" then return not o:is_alive() end
-  error("mp.wait: cannot wait on a " .. (type(o) == "userdata" and
-    (getmetatable(o) or {}).__name or type(o)), 3)
+local WAITABLE = { ["lmp.Connection"] = true, ["lmp.Queue"] = true, ["lmp.SimpleQueue"] = true,
+                   ["lmp.JoinableQueue"] = true }
+
+-- How mp.wait learns that o is ready: a function of o, and o's descriptor when poll(2) can
+-- wait for it. Raises a TypeError for anything else.
+local function waiter(o, i)
+  local mt = getmetatable(o)
+  local name = type(mt) == "table" and rawget(mt, "__name")
+  if WAITABLE[name] then
+    return o._ready, name == "lmp.Connection" and not o:closed() and o:_fileno() or nil
+  end
+  if name == "lmp.Process" then
+    if o.pid == nil then errors.valueerror("wait", ("objects[%d] is a process not started"):format(i), 2) end
+    return function(p) return not p:is_alive() end, nil
+  end
+  if type(o) == "table" and type(o._ready) == "function" then
+    return o._ready, type(o._fileno) == "function" and o:_fileno() or nil
+  end
+  errors.typeerror("wait", ("objects[%d]"):format(i), "a Pipe end, a Queue or a Process", o, 2)
 end
 
 --- mp.wait(objects [, timeout]): the subset of objects (Pipe ends, Queues, Processes) that are
 --- ready, waiting until at least one is or the timeout passes (then the result is empty).
-function M.wait(objects, timeout)
-  if type(objects) ~= "table" then
-    error("bad argument #1 to 'wait' (table expected, got " .. type(objects) .. ")", 2)
-  end
-  if timeout ~= nil and type(timeout) ~= "number" then
-    error("bad argument #2 to 'wait' (number expected, got " .. type(timeout) .. ")", 2)
+function M.wait(objects, timeout, ...)
+  errors.check_nargs(select("#", ...) + 2, 2, "wait")
+  if type(objects) ~= "table" then errors.typeerror("wait", "objects", "a table", objects) end
+  timeout = errors.timeout(timeout, "wait", "timeout")
+  local readies, fds, only_fds = {}, {}, true
+  for i, o in ipairs(objects) do
+    local fd
+    readies[i], fd = waiter(o, i)
+    if fd then fds[#fds + 1] = fd else only_fds = false end
   end
   local deadline = timeout and core.monotonic() + timeout
-  local fds, only_fds = {}, true
-  for _, o in ipairs(objects) do
-    local ok, f = pcall(function() return o._fileno end)
-    if ok and type(f) == "function" then fds[#fds + 1] = o:_fileno() else only_fds = false end
-  end
   while true do
     local ready = {}
-    for _, o in ipairs(objects) do
-      if is_ready(o) then ready[#ready + 1] = o end
+    for i, o in ipairs(objects) do
+      if readies[i](o) then ready[#ready + 1] = o end
     end
-    if #ready > 0 then return ready end
+    if #ready > 0 or timeout == 0 then return ready end
+    -- Pipe ends wake the poll; Queues and Processes are looked at again every 5 ms
     local slice = only_fds and 0.1 or 0.005
     if deadline then
       local left = deadline - core.monotonic()
