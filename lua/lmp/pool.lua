@@ -44,11 +44,11 @@ local function check_args(args, fname)
   return args
 end
 
--- A per-task timeout: nil or math.huge (none), else a positive number.
+-- A per-task timeout: nil or math.huge (none), else a positive number (like every timeout, a
+-- non-number is a ValueError).
 local function task_timeout(v, fname, what)
   if v == nil then return nil end
-  if type(v) ~= "number" then errors.typeerror(fname, what, "a positive number or nil", v, 1) end
-  if v ~= v or v <= 0 then
+  if type(v) ~= "number" or v ~= v or v <= 0 then
     errors.valueerror(fname, what .. " must be a positive number or nil, got " .. errors.describe(v), 1)
   end
   if v >= errors.TIMEOUT_HUGE then return nil end
@@ -59,10 +59,11 @@ local function check_callback(v, fname, what)
   if v ~= nil and type(v) ~= "function" then errors.typeerror(fname, what, "a function", v, 1) end
 end
 
+-- A non-number is a TypeError; a number that is not an integer >= 1, a ValueError.
 local function positive_integer(v, fname, what)
-  if mtype(v) ~= "integer" then
+  if type(v) ~= "number" then
     errors.typeerror(fname, what, "an integer >= 1", v, 1)
-  elseif v < 1 then
+  elseif mtype(v) ~= "integer" or v < 1 then
     errors.valueerror(fname, what .. " must be an integer >= 1, got " .. errors.describe(v), 1)
   end
   return v
@@ -234,11 +235,21 @@ local function default_chunksize(n, processes)
   return math.max(c, 1)
 end
 
+-- starmap's items must be tables of arguments: said in the caller, before anything runs.
+local function check_star_items(seq, n, fname)
+  for i = 1, n do
+    if type(seq[i]) ~= "table" then
+      errors.typeerror(fname, ("seq[%d]"):format(i), "a table of arguments", seq[i], 2)
+    end
+  end
+end
+
 -- Submits a map-like call: an AsyncResult whose value is the results table.
 local function submit_map(self, fname, kind, f, seq, opts, callback, error_callback)
   check_running(self, fname)
   check_function(f, fname)
   local n = seq_len(seq, fname)
+  if kind == K_STARMAP then check_star_items(seq, n, fname) end
   local chunksize = opts.chunksize or default_chunksize(n, self.processes)
   return self._core:map(kind, f, seq, n, chunksize, task_timeout(opts.timeout, fname, "timeout"),
     progress_fn(opts.progress), callback, error_callback)
@@ -300,16 +311,23 @@ local function reader(seq, fname)
       return count, seq, first
     end, n
   elseif type(seq) == "function" then
+    -- an error of the iterator ends the input; it is raised when the loop gets there: after
+    -- the items of the chunks before, the chunk it broke being dropped, as CPython does
     local finished = false
     return function(k)
       if finished then return 0 end
-      local chunk = {}
-      for i = 1, k do
-        local v = seq()
+      local chunk, n = {}, 0
+      for _ = 1, k do
+        local ok, v = pcall(seq)
+        if not ok then
+          finished = true
+          return 0, nil, 1, v
+        end
         if v == nil then finished = true break end
-        chunk[i] = v
+        n = n + 1
+        chunk[n] = v
       end
-      return #chunk, chunk, 1
+      return n, chunk, 1
     end, nil
   end
   errors.typeerror(fname, "seq", "a sequence (table) or an iterator function", seq, 1)
@@ -336,21 +354,23 @@ local function imap(self, fname, f, seq, opts, ordered, ...)
   local limit = math.max(self.processes * 64, chunksize * 2) -- items added, not yet taken
   local call = self._core:imap(K_MAP, f, ordered, total,
     task_timeout(opts.timeout, fname, "timeout"), progress_fn(opts.progress))
-  local exhausted = false
+  local exhausted, read_error = false, nil
 
   local function feed()
     while not exhausted and call:outstanding() < limit do
-      local count, items, first = read(chunksize)
-      if count == 0 then
-        exhausted = true
+      local count, items, first, err = read(chunksize)
+      if count > 0 then
+        local _, before = call:outstanding() -- the position offset of an iterator's chunk
+        local ok, e = pcall(call.add, call, items, first, count)
+        if not ok then
+          call:stop()
+          error(items == seq and e or item_path_error(e, before), 0)
+        end
+      end
+      if count == 0 or err ~= nil then
+        exhausted, read_error = true, err
         call:finish()
         break
-      end
-      local _, before = call:outstanding() -- the position offset of an iterator's chunk
-      local ok, err = pcall(call.add, call, items, first, count)
-      if not ok then
-        call:stop()
-        error(items == seq and err or item_path_error(err, before), 0)
       end
     end
   end
@@ -366,7 +386,14 @@ local function imap(self, fname, f, seq, opts, ordered, ...)
         feed()
         return i, v
       end
-      if exhausted and call:outstanding() == 0 then return nil end
+      if exhausted and call:outstanding() == 0 then
+        if read_error ~= nil then
+          local e = read_error
+          read_error = nil
+          error(e, 0)
+        end
+        return nil
+      end
       feed()
       if not (exhausted and call:outstanding() == 0) then call:wait() end
     end
