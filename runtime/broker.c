@@ -293,7 +293,9 @@ static int fields_of(const redisReply *kv, rfields *f) {
 static void take_result(broker *b, const rfields *f) {
   const char *parts[6] = {b->pool, f->v[0], f->v[1], f->v[2], f->v[3], f->v[4]};
   size_t lens[6] = {strlen(b->pool), f->n[0], f->n[1], f->n[2], f->n[3], f->n[4]};
-  if (!lmp_cluster_mac_ok(b->key, b->keylen, "result", parts, lens, 6, f->v[5], f->n[5])) {
+  /* a worker that refused a task cannot sign its notice; unsigned, it can only fail the task */
+  int refusal = f->n[1] == 1 && f->v[1][0] == 'R';
+  if (!refusal && !lmp_cluster_mac_ok(b->key, b->keylen, "result", parts, lens, 6, f->v[5], f->n[5])) {
     fprintf(stderr, "lmp: a result on %s fails its HMAC check: refused\n", b->k_res);
     return;
   }
@@ -314,7 +316,7 @@ static void take_result(broker *b, const rfields *f) {
   } else {
     char why[512];
     snprintf(why, sizeof why, "%.*s (%.*s)", (int)f->n[4], f->v[4], (int)f->n[3], f->v[3]);
-    lmp_pool_lost(p, t, status == 'T' ? LOST_TIMEOUT : LOST_DIED, why, 0, 0);
+    lmp_pool_lost(p, t, status == 'T' ? LOST_TIMEOUT : refusal ? LOST_REFUSED : LOST_DIED, why, 0, 0);
   }
 }
 

@@ -28,7 +28,8 @@ enum {
   LOST_STOPPED,  /* the pool stopped it: its call was stopped (Ctrl-C, imap break) */
   LOST_TERMINATED, /* the pool was terminated */
   LOST_BROKEN,   /* the workers cannot start (an initializer that fails) */
-  LOST_BACKEND   /* what runs the tasks is gone for good (Redis went away) */
+  LOST_BACKEND,  /* what runs the tasks is gone for good (Redis went away) */
+  LOST_REFUSED   /* a worker refused it (it failed its authentication there): never retried */
 };
 
 typedef struct lmp_fdshare lmp_fdshare; /* a descriptor shared by the tasks that send it */

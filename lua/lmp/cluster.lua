@@ -125,6 +125,20 @@ function Worker:post(id, f, status, index, msg)
   self:ack(id)
 end
 
+-- A task that fails its check is never run: it goes to the dead letters, and its pool hears
+-- of it (unsigned: that notice can only fail a task, never deliver a value).
+function Worker:refuse(id, f)
+  self.wr:send("XADD", DEAD, "MAXLEN", "~", "10000", "*", "p", tostring(f.p), "t", tostring(f.t),
+    "reason", "fails its HMAC check", "worker", self.name)
+  if type(f.p) == "string" and type(f.t) == "string" and f.p:match("^%x+$") then
+    self.wr:send("XADD", key("res", f.p), "*", "t", f.t, "s", "R", "i", "0", "w", self.name,
+      "m", "refused by worker " .. self.name .. ": the task fails its HMAC check (is the "
+        .. "worker's key the pool's?)", "h", "")
+    self.wr:send("EXPIRE", key("res", f.p), "3600", "NX")
+  end
+  self:ack(id)
+end
+
 -- Whether a pool still lives (its parent refreshes a key): asked once a second per pool.
 function Worker:alive(pool)
   local now = mp.monotonic()
@@ -198,7 +212,7 @@ function Worker:take(entries)
       core.cluster_mac_ok(self.key, f.h, "task", f.p, f.t, f.f, f.k, f.o, f.r, f.a)
     if not ok then
       log("refused task %s: it fails its HMAC check (a wrong key, or tampering)", tostring(id))
-      self:ack(id)
+      self:refuse(id, f)
     elseif not self:alive(f.p) then
       self:ack(id) -- its pool is gone: the task expires
     else
@@ -258,7 +272,8 @@ function Worker:reclaim()
       local ok = f.p and f.h and core.cluster_mac_ok(self.key, f.h, "task", f.p, f.t, f.f, f.k, f.o,
         f.r, f.a)
       if not ok then
-        self:ack(id)
+        log("refused task %s: it fails its HMAC check (a wrong key, or tampering)", tostring(id))
+        self:refuse(id, f)
       elseif not self:alive(f.p) then
         self:ack(id)
       else
