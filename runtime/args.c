@@ -95,6 +95,31 @@ void *lmp_checkudata(lua_State *L, int arg, const char *tname) {
   return p;
 }
 
+void lmp_class_register(lua_State *L, const void *key) {
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
+void *lmp_toclass(lua_State *L, int arg, const void *key) {
+  void *p = lua_touserdata(L, arg);
+  if (p == NULL || !lua_getmetatable(L, arg)) return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? p : NULL;
+}
+
+void *lmp_checkclass(lua_State *L, int arg, const void *key, const char *tname) {
+  void *p = lmp_toclass(L, arg, key);
+  if (p == NULL) lmp_typeerror(L, arg, tname);
+  return p;
+}
+
+void lmp_setclass(lua_State *L, const void *key) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  lua_setmetatable(L, -2);
+}
+
 double lmp_timeout_of(double t) {
   if (t >= LMP_TIMEOUT_HUGE) return LMP_FOREVER;
   return t > 0 ? t : 0;

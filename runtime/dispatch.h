@@ -95,6 +95,11 @@ void lmp_pool_started(lmp_pool *p, lmp_task *t, double now);
 void lmp_pool_result(lmp_pool *p, lmp_task *t, int status, char *block, const char *msg, size_t n,
                      uint32_t index, pid_t pid);
 
+/* Like lmp_pool_result, the message copied (the backend keeps its memory): small results cost
+** no allocation this way. */
+void lmp_pool_result_copy(lmp_pool *p, lmp_task *t, int status, const char *msg, size_t n,
+                          uint32_t index, pid_t pid);
+
 /* A task came back without a result (LOST_*); why describes it ("worker PoolWorker-3 (pid 12)
 ** died: killed by signal 9 (SIGKILL)"). The pool retries it or fails it. */
 void lmp_pool_lost(lmp_pool *p, lmp_task *t, int reason, const char *why, pid_t pid, int code);

@@ -54,6 +54,15 @@ lua_Number lmp_checknumber(lua_State *L, int arg);
 const char *lmp_checklstring(lua_State *L, int arg, size_t *len);
 void lmp_checktype(lua_State *L, int arg, int t);
 void *lmp_checkudata(lua_State *L, int arg, const char *tname);
+/* Classes looked up by address rather than by name (the hot paths: no string hashing).
+** lmp_class_register keeps the metatable on top under key (a static address); lmp_setclass
+** gives it to the value on top; lmp_toclass / lmp_checkclass are luaL_testudata /
+** lmp_checkudata by that key (tname names the type in the TypeError). */
+void lmp_class_register(lua_State *L, const void *key);
+void lmp_setclass(lua_State *L, const void *key);
+void *lmp_toclass(lua_State *L, int arg, const void *key);
+void *lmp_checkclass(lua_State *L, int arg, const void *key, const char *tname);
+
 /* Raises ValueError naming the first key of the option table at arg that is not in names
 ** (NULL-terminated), with the accepted ones. */
 void lmp_checkoptions(lua_State *L, int arg, const char *const names[]);

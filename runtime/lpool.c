@@ -2,31 +2,24 @@
 ** lpool.c — the Lua interface of a pool's core: lmp.core.pool_new and the lmp.PoolCore methods
 ** (apply, map, imap, close, terminate, join, stats, state) that lua/lmp/pool.lua builds mp.Pool
 ** on. It checks what C relies on; the facade checks what users pass, in their words.
-** Caveat: the core keeps its table of calls as its uservalue, so everything a pool holds is
-** collected with it; a weak registry map finds the core from the C pool.
+** Caveat: the table of calls with tasks in flight is held from the registry, and each call
+** holds the core: work in flight keeps its pool alive (as CPython's handler threads do); an
+** idle pool that nobody holds is collected and terminates its workers.
 */
 #include <string.h>
 
 #include "broker.h"
 #include "pool.h"
 
-#define POOLS_KEY "lmp.pools" /* weak values: C pool -> its core userdata */
+static const char pool_class; /* its address keys the metatable */
 
 typedef struct pbox {
   lmp_pool *p;
 } pbox;
 
 void lmp_pool_push_calls(lua_State *L, lmp_pool *p) {
-  int top = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, POOLS_KEY);
-  if (lua_istable(L, -1) && lua_rawgetp(L, -1, p) == LUA_TUSERDATA &&
-      lua_getiuservalue(L, -1, 1) == LUA_TTABLE) {
-    lua_replace(L, top + 1);
-    lua_settop(L, top + 1);
-    return;
-  }
-  lua_settop(L, top); /* the core is being collected: nothing to keep */
-  lua_newtable(L);
+  if (p->calls == LUA_NOREF) lua_newtable(L); /* the pool is being freed: nothing to keep */
+  else lua_rawgeti(L, LUA_REGISTRYINDEX, p->calls);
 }
 
 static int l_callbacks_run(lua_State *L) {
@@ -35,7 +28,7 @@ static int l_callbacks_run(lua_State *L) {
 }
 
 static lmp_pool *checkpool(lua_State *L) {
-  pbox *b = lmp_checkudata(L, 1, POOL_MT);
+  pbox *b = lmp_checkclass(L, 1, &pool_class, POOL_MT);
   if (b->p == NULL) lmp_raise(L, "ValueError", "the pool is gone");
   return b->p;
 }
@@ -57,8 +50,12 @@ static double opt_number(lua_State *L, int idx) {
 
 static int pool_gc(lua_State *L) {
   pbox *b = lua_touserdata(L, 1);
-  if (b->p != NULL) lmp_pool_destroy(L, b->p);
+  lmp_pool *p = b->p;
   b->p = NULL;
+  if (p == NULL) return 0;
+  lmp_pool_destroy(L, p);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->calls);
+  p->calls = LUA_NOREF;
   return 0;
 }
 
@@ -81,25 +78,13 @@ static int l_pool_new(lua_State *L) {
   if (init == NULL) return lmp_argerror(L, 1, "TypeError", "init must be a string");
   pbox *b = lua_newuserdatauv(L, sizeof *b, 1); /* closed first: __gc copes with NULL */
   b->p = NULL;
-  luaL_setmetatable(L, POOL_MT);
+  lmp_setclass(L, &pool_class);
   int core = lua_gettop(L);
-  lua_newtable(L);
-  lua_setiuservalue(L, core, 1);
   lmp_pool *p = lmp_pool_create(L, n);
   if (p == NULL) return luaL_error(L, "not enough memory");
   b->p = p;
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, POOLS_KEY);
-  if (!lua_getmetatable(L, -1)) {
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "v");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-  } else {
-    lua_pop(L, 1);
-  }
-  lua_pushvalue(L, core);
-  lua_rawsetp(L, -2, p);
-  lua_pop(L, 1);
+  lua_newtable(L);
+  p->calls = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, 1, "task_timeout");
   p->task_timeout = opt_number(L, -1);
   lua_pop(L, 1);
@@ -287,6 +272,7 @@ static int l_state(lua_State *L) {
 
 void lmp__open_pool(lua_State *L) {
   if (luaL_newmetatable(L, POOL_MT)) {
+    lmp_class_register(L, &pool_class);
     static const luaL_Reg methods[] = {{"apply", l_apply},   {"map", l_map},
                                        {"imap", l_imap},     {"close", l_close},
                                        {"terminate", l_terminate}, {"join", l_join},

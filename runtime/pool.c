@@ -232,8 +232,21 @@ void lmp_pool_result(lmp_pool *p, lmp_task *t, int status, char *block, const ch
     *pt->avg = *pt->avg == 0 ? took : *pt->avg * 0.8 + took * 0.2;
   }
   pt->out = (outcome){status, block, msg, n, index, pid, 0, NULL};
-  if (block == NULL) pt->out.status = -1 - LOST_DIED, pt->out.why = strdup("out of memory reading the result");
+  if (msg == NULL) pt->out.status = -1 - LOST_DIED, pt->out.why = strdup("out of memory reading the result");
   settle(p, pt);
+}
+
+void lmp_pool_result_copy(lmp_pool *p, lmp_task *t, int status, const char *msg, size_t n,
+                          uint32_t index, pid_t pid) {
+  ptask *pt = (ptask *)t;
+  if (n <= RESULT_INLINE) {
+    memcpy(pt->rbuf, msg, n);
+    lmp_pool_result(p, t, status, NULL, pt->rbuf, n, index, pid);
+    return;
+  }
+  char *block = malloc(n);
+  if (block) memcpy(block, msg, n);
+  lmp_pool_result(p, t, status, block, block, n, index, pid);
 }
 
 void lmp_pool_lost(lmp_pool *p, lmp_task *t, int reason, const char *why, pid_t pid, int code) {
@@ -326,18 +339,25 @@ static int take_fds(lmp_pool *p, ptask *t) {
   return 0;
 }
 
-/* Takes the encoded arguments from the scratch buffer: big ones are handed over. */
-static char *take_args(lmp_pool *p) {
+/* Gives the new task t the encoded arguments of the scratch buffer: inline when small (they
+** were allocated with it), handed over when big, else copied. 0, or -1 when out of memory. */
+static int take_args(lmp_pool *p, ptask *t, size_t arglen) {
   lmp_buf *b = &p->scratch;
-  char *a;
-  if (b->len >= BIG_ARGS) {
-    a = b->p;
-    *b = (lmp_buf){0};
-    return a;
+  if (arglen <= ARGS_INLINE) {
+    memcpy(t->inl, b->p, arglen);
+    t->t.args = t->inl;
+    return 0;
   }
-  a = malloc(b->len ? b->len : 1);
-  if (a != NULL) memcpy(a, b->p, b->len);
-  return a;
+  if (b->len >= BIG_ARGS) {
+    t->argbuf = b->p;
+    *b = (lmp_buf){0};
+  } else if ((t->argbuf = malloc(arglen)) != NULL) {
+    memcpy(t->argbuf, b->p, arglen);
+  } else {
+    return -1;
+  }
+  t->t.args = t->argbuf;
+  return 0;
 }
 
 ptask *lmp_pool_task(lua_State *L, lmp_pool *p, lmp_call *c, int kind, lmp_fnent *f, int argidx,
@@ -358,17 +378,14 @@ ptask *lmp_pool_task(lua_State *L, lmp_pool *p, lmp_call *c, int kind, lmp_fnent
     lmp_raise(L, "SerializationError", "%s: more than 64 descriptors in one task", root);
   }
   size_t arglen = p->scratch.len;
-  ptask *t = calloc(1, sizeof *t);
-  char *args = t ? take_args(p) : NULL;
-  if (t == NULL || args == NULL) {
+  ptask *t = calloc(1, sizeof *t + (arglen <= ARGS_INLINE ? arglen : 0));
+  if (t == NULL || take_args(p, t, arglen) != 0) {
     free(t);
     lmp_fnent_release(f);
     luaL_error(L, "not enough memory");
   }
   t->pool = p;
   t->refs = 1;
-  t->argbuf = args;
-  t->t.args = args;
   t->t.arglen = arglen;
   t->t.fn = f;
   if (take_fds(p, t) != 0) {
@@ -406,15 +423,16 @@ static void task_init(lmp_pool *p, ptask *t, lmp_call *c, int kind, lmp_fnent *f
 
 ptask *lmp_pool_task_raw(lmp_pool *p, lmp_call *c, int kind, lmp_fnent *f, const char *args,
                          size_t arglen) {
-  ptask *t = calloc(1, sizeof *t);
-  char *a = t ? malloc(arglen ? arglen : 1) : NULL;
+  int inl = arglen <= ARGS_INLINE;
+  ptask *t = calloc(1, sizeof *t + (inl ? arglen : 0));
+  char *a = t == NULL ? NULL : inl ? t->inl : malloc(arglen);
   if (a == NULL) {
     free(t);
     lmp_fnent_release(f);
     return NULL;
   }
   memcpy(a, args, arglen);
-  t->argbuf = a;
+  if (!inl) t->argbuf = a;
   t->t.args = a;
   t->t.arglen = arglen;
   task_init(p, t, c, kind, f);
@@ -525,27 +543,59 @@ static void deliver_failed(lua_State *L, ptask *t) {
   lmp_call_fail(L, t->call, t->start);
 }
 
+/* Takes the next settled task off the list, the call counting it delivered from here on. */
+static ptask *next_settled(lmp_pool *p) {
+  ptask *t = p->settled;
+  if (t == NULL) return NULL;
+  p->settled = t->snext;
+  if (p->settled == NULL) p->settled_tail = NULL;
+  if (t->call != NULL) task_unlink(t);
+  return t;
+}
+
+/* The pool is done with a delivered task. */
+static void delivered(lua_State *L, ptask *t) {
+  lmp_call *c = t->call;
+  if (c != NULL) {
+    lmp_call_unregister_if_done(L, c);
+    t->call = NULL;
+  }
+  lmp_task_release(&t->t);
+}
+
+/* Protected: delivers settled tasks one after another (p->current is the one in hand, for
+** the caller when delivering it raises), so a whole batch costs one protected call. */
+static int pdeliver_all(lua_State *L) {
+  lmp_pool *p = lua_touserdata(L, 1);
+  int top = lua_gettop(L);
+  while ((p->current = next_settled(p)) != NULL) {
+    ptask *t = p->current;
+    if (t->call != NULL && !t->call->stopped) {
+      lua_pushcfunction(L, lmp_call_deliver);
+      lua_pushlightuserdata(L, t);
+      lua_call(L, 1, 0);
+    }
+    p->current = NULL;
+    delivered(L, t);
+    lua_settop(L, top);
+  }
+  return 0;
+}
+
 void lmp_pool_deliver(lua_State *L, lmp_pool *p) {
   if (p->delivering || p->dead || L == NULL) return;
   p->delivering = 1;
   int top = lua_gettop(L);
-  ptask *t;
-  while ((t = p->settled) != NULL) {
-    p->settled = t->snext;
-    if (p->settled == NULL) p->settled_tail = NULL;
-    lmp_call *c = t->call;
-    if (c != NULL) {
-      task_unlink(t); /* the call counts it delivered from here on */
-      if (!c->stopped && lua_checkstack(L, 8)) {
-        lua_pushcfunction(L, lmp_call_deliver);
-        lua_pushlightuserdata(L, t);
-        if (lua_pcall(L, 1, 0, 0) != LUA_OK) deliver_failed(L, t);
-      }
-      lmp_call_unregister_if_done(L, c);
-      t->call = NULL;
+  while (p->settled != NULL && lua_checkstack(L, 8)) {
+    lua_pushcfunction(L, pdeliver_all);
+    lua_pushlightuserdata(L, p);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK && p->current != NULL) { /* it could not be decoded */
+      ptask *t = p->current;
+      p->current = NULL;
+      if (t->call != NULL) deliver_failed(L, t);
+      delivered(L, t);
     }
     lua_settop(L, top);
-    lmp_task_release(&t->t);
   }
   uv_idle_stop(&p->idle);
   p->delivering = 0;
@@ -569,6 +619,7 @@ lmp_pool *lmp_pool_create(lua_State *L, int processes) {
   if (p == NULL) return NULL;
   p->lp = lmp_loop_get(L);
   p->processes = processes;
+  p->calls = LUA_NOREF;
   lmp_fncache_init(L, &p->fns);
   uv_timer_init(&p->lp->uv, &p->timer);
   p->timer.data = p;

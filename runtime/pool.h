@@ -24,6 +24,8 @@
 #define PUMP_EVERY 32             /* submits between two looks at the loop during a long submit */
 #define TIMEOUT_CHECK_MS 10       /* how often tasks with a timeout are checked */
 #define BROKEN_AFTER 9            /* failed starts in a row (weighted, see lmp_pool_worker_failed) */
+#define ARGS_INLINE 256           /* arguments this small live in the task's own allocation */
+#define RESULT_INLINE 64          /* results this small too */
 
 enum { P_RUN, P_CLOSE, P_TERMINATE };
 enum { T_QUEUED, T_OUT, T_SETTLED };
@@ -63,8 +65,10 @@ typedef struct ptask {
   int nshares;
   lmp_fdshare **shares;     /* the descriptors of t.fds, shared per object */
   int *fdv;
-  char *argbuf;             /* owns t.args */
+  char *argbuf;             /* owns t.args when they are not kept inline */
   outcome out;
+  char rbuf[RESULT_INLINE]; /* a small result's bytes */
+  char inl[];               /* small arguments, inline */
 } ptask;
 
 /* One submission (apply_async, a map, an imap): where its tasks' results go. */
@@ -118,7 +122,9 @@ typedef struct lmp_pool {
   char broken_why[256];
   int dead;                /* the Lua object is gone: freed once handles are closed */
   int closes;              /* handles still closing */
+  int calls;               /* registry ref: the table of calls with tasks in flight */
   int delivering;
+  ptask *current;          /* the task being delivered (when delivering it raises) */
   int since_pump;
   uv_timer_t timer;        /* overdue-task check */
   uv_check_t check;        /* after the poll: deliver */

@@ -15,6 +15,8 @@
 
 #define IMAP_MT "lmp.ImapCall"
 
+static const char call_class, imap_class; /* their addresses key the metatables */
+
 enum { RV_OWNER = 1, RV_VALUE, RV_CALLBACK, RV_ERRCALLBACK, RV_PROGRESS, RV_EXTRA, RV_RESULTS,
        NRV = RV_RESULTS };
 
@@ -31,7 +33,7 @@ lmp_call *lmp_call_push(lua_State *L, lmp_pool *p, int owner, int kind, int call
   c->pool = p;
   c->kind = kind;
   c->ref = LUA_NOREF;
-  luaL_setmetatable(L, kind == CALL_IMAP ? IMAP_MT : CALL_MT);
+  lmp_setclass(L, kind == CALL_IMAP ? &imap_class : &call_class);
   lua_pushvalue(L, owner);
   lua_setiuservalue(L, -2, RV_OWNER);
   c->callbacks = !lua_isnoneornil(L, callback) || !lua_isnoneornil(L, error_callback);
@@ -347,7 +349,7 @@ static int wait_settled(lua_State *L, lmp_call *c, double timeout) {
 }
 
 static lmp_call *check_result(lua_State *L, int idx) {
-  return lmp_checkudata(L, idx, CALL_MT);
+  return lmp_checkclass(L, idx, &call_class, CALL_MT);
 }
 
 /* Raises the error on top; the place of the caller at level (as luaL_where counts) goes in
@@ -516,7 +518,7 @@ static void imap_slots(lua_State *L, lmp_call *c, int ud, size_t need) {
   c->slotcap = cap;
 }
 
-static lmp_call *check_imap(lua_State *L) { return lmp_checkudata(L, 1, IMAP_MT); }
+static lmp_call *check_imap(lua_State *L) { return lmp_checkclass(L, 1, &imap_class, IMAP_MT); }
 
 /* add(items, first, count): submits items[first..first+count-1] as the next chunk. */
 static int i_add(lua_State *L) {
@@ -637,6 +639,7 @@ void lmp__open_pool_calls(lua_State *L) {
                                      {"_stop", r_stop},
                                      {NULL, NULL}};
   luaL_newmetatable(L, CALL_MT);
+  lmp_class_register(L, &call_class);
   luaL_newlib(L, methods);
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "AsyncResult"); /* core.AsyncResult: the methods */
@@ -652,6 +655,7 @@ void lmp__open_pool_calls(lua_State *L) {
                                       {"finish", i_finish},   {"stop", i_stop},
                                       {NULL, NULL}};
   luaL_newmetatable(L, IMAP_MT);
+  lmp_class_register(L, &imap_class);
   luaL_newlib(L, imethods);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, i_gc);

@@ -131,13 +131,16 @@ static int send_task(worker *w, lmp_task *t) {
   int lend = t->arglen >= LEND_AT;
   lmp_ring *r = lmp_link_ring(w->link);
   if (r != NULL) lmp_claim_reset(r, seq);
-  lmp_task_hold(t); /* the frame may lend the task's memory, and carries its descriptors */
+  /* a frame that lends the task's memory or carries its descriptors holds the task until it is
+  ** written; a copied one needs nothing more of it (and coalesces with its neighbours) */
+  int hold = lend || t->nfds > 0;
+  if (hold) lmp_task_hold(t);
   int rc = lend ? lmp_wq_frame_lend(lmp_link_out(w->link), F_TASK, parts, 2, t->args, t->arglen,
                                     t->fds, t->nfds, release_task, t)
                 : lmp_wq_frame(lmp_link_out(w->link), F_TASK, parts, 3, t->fds, t->nfds,
-                               release_task, t);
+                               hold ? release_task : NULL, hold ? t : NULL);
   if (rc != 0) {
-    lmp_task_release(t);
+    if (hold) lmp_task_release(t);
     return -1;
   }
   t->seq = seq;
@@ -231,12 +234,15 @@ static void on_result(worker *w, const lmp_frame *f) {
   if (t == NULL) return; /* withdrawn meanwhile, or not this worker's: nothing waits for it */
   int was_head = t == w->head;
   list_remove(w, t);
-  const char *msg;
-  char *block = lmp_link_keep(w->link, f, &msg);
-  if (block == NULL) msg = NULL;
   lmp_pool *p = w->b->base.pool;
-  lmp_pool_result(p, t, status, block, block ? msg + RESULT_HEAD : NULL,
-                  f->n - RESULT_HEAD, index, w->pid);
+  if (f->n - RESULT_HEAD <= RESULT_INLINE) { /* small: copied, no allocation */
+    lmp_pool_result_copy(p, t, status, f->p + RESULT_HEAD, f->n - RESULT_HEAD, index, w->pid);
+  } else {
+    const char *msg;
+    char *block = lmp_link_keep(w->link, f, &msg);
+    lmp_pool_result(p, t, status, block, block ? msg + RESULT_HEAD : NULL, f->n - RESULT_HEAD,
+                    index, w->pid);
+  }
   if (was_head && w->head != NULL) lmp_pool_started(p, w->head, lmp_monotonic());
   pump(&w->b->base); /* it has room now */
 }

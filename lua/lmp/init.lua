@@ -50,7 +50,11 @@ mp.Pool = pool.Pool
 mp.constant = core.constant -- a table lmp may send once and reuse (docs/api/pool.md)
 mp.AsyncResult = pool.AsyncResult
 for k, v in pairs(require "lmp.shared") do mp[k] = v end
-mp.Manager = require("lmp.manager").Manager
+-- mp.Manager(...), mp.Manager.connect(...): lmp.manager is loaded on first use
+mp.Manager = setmetatable({}, {
+  __call = function(_, ...) return require("lmp.manager").Manager(...) end,
+  __index = function(_, k) return require("lmp.manager").Manager[k] end,
+})
 
 -- The event loop, for hosts ------------------------------------------------------------------
 
