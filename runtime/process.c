@@ -284,16 +284,14 @@ static int put_part(int fd, const void *s, size_t n) {
   return (write(fd, len, 4) == 4 && write(fd, s, n) == (ssize_t)n) ? 0 : -1;
 }
 
-/* Writes what a spawned child needs into a memfd: the codec secret, the package paths, the
+/* Writes what a spawned child needs into a memfd: the codec key, the package paths, the
 ** mode and the payload. Returns the fd (close-on-exec until the child clears it), or -1. */
 static int spawn_payload(const char *payload, size_t n, const char *mode, const char *path,
                          const char *cpath) {
   int fd = memfd_create("lmp-spawn", MFD_CLOEXEC);
   if (fd < 0) return -1;
-  uint64_t secret = lmp__codec_secret();
-  char sb[8];
-  for (int i = 0; i < 8; i++) sb[i] = (char)(secret >> (8 * i));
-  if (write(fd, sb, 8) != 8 || put_part(fd, path ? path : "", path ? strlen(path) : 0) ||
+  if (write(fd, lmp__codec_key(), LMP_CODEC_KEY_BYTES) != LMP_CODEC_KEY_BYTES ||
+      put_part(fd, path ? path : "", path ? strlen(path) : 0) ||
       put_part(fd, cpath ? cpath : "", cpath ? strlen(cpath) : 0) ||
       put_part(fd, mode, strlen(mode)) || put_part(fd, payload, n)) {
     close(fd);
@@ -375,18 +373,17 @@ int lmp_worker_main(int argc, char **argv) {
   int fd = atoi(argv[2]);
   parent_pid = (pid_t)atoi(argv[3]);
   struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size < 8) _exit(70);
+  if (fstat(fd, &st) != 0 || st.st_size < LMP_CODEC_KEY_BYTES) _exit(70);
   char *buf = malloc((size_t)st.st_size);
   if (buf == NULL || pread(fd, buf, (size_t)st.st_size, 0) != st.st_size) _exit(70);
   close(fd);
-  const char *p = buf + 8, *end = buf + st.st_size, *path, *cpath, *mode, *payload;
+  const char *p = buf + LMP_CODEC_KEY_BYTES, *end = buf + st.st_size;
+  const char *path, *cpath, *mode, *payload;
   size_t np, nc, nm, n;
-  uint64_t secret = 0;
-  for (int i = 0; i < 8; i++) secret |= (uint64_t)(unsigned char)buf[i] << (8 * i);
   if (get_part(&p, end, &path, &np) || get_part(&p, end, &cpath, &nc) ||
       get_part(&p, end, &mode, &nm) || get_part(&p, end, &payload, &n))
     _exit(70);
-  lmp__codec_set_secret(secret);
+  lmp__codec_set_key((const unsigned char *)buf);
   child_main(payload, n, dup_part(mode, nm), dup_part(path, np), dup_part(cpath, nc));
   return 70; /* not reached */
 }

@@ -1,0 +1,330 @@
+/*
+** codec_fn.c — the encoder's function records: bytecode (cached per closure with the names of
+** the globals it reads), upvalues (shared ones joined by reference) and captured globals.
+** Caveat: functions read their globals through GETTABUP on an `_ENV` upvalue; a function that
+** reaches globals another way (a local `_ENV`) has none captured.
+*/
+#include <string.h>
+
+#include "codec_enc.h"
+
+/* ---- dumping ---- */
+
+typedef struct dumpstate {
+  int init;
+  luaL_Buffer b;
+} dumpstate;
+
+/* lua_dump writer into a luaL_Buffer started lazily above the dumped function. */
+static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
+  dumpstate *d = ud;
+  if (!d->init) {
+    d->init = 1;
+    luaL_buffinit(L, &d->b);
+  }
+  luaL_addlstring(&d->b, p, n);
+  return 0;
+}
+
+/* ---- the global names a chunk reads ---- */
+
+/* Reader over a dumped chunk (trusted, our own lua_dump, but still bounds-checked). */
+typedef struct rd {
+  const unsigned char *p, *end;
+  int ok;
+} rd;
+
+static int rd_byte(rd *r) {
+  if (r->p >= r->end) {
+    r->ok = 0;
+    return 0;
+  }
+  return *r->p++;
+}
+
+static size_t rd_size(rd *r) {
+  size_t x = 0;
+  int b;
+  int guard = 0;
+  do {
+    b = rd_byte(r);
+    x = (x << 7) | (size_t)(b & 0x7f);
+    if (++guard > 10) r->ok = 0;
+  } while (r->ok && (b & 0x80) == 0);
+  return x;
+}
+
+static void rd_skip(rd *r, size_t n) {
+  if (!r->ok || (size_t)(r->end - r->p) < n) {
+    r->ok = 0;
+    r->p = r->end;
+  } else {
+    r->p += n;
+  }
+}
+
+/* Reads a dumped string; returns its bytes (NULL for a missing string). */
+static const char *rd_string(rd *r, size_t *len) {
+  size_t n = rd_size(r);
+  *len = 0;
+  if (!r->ok || n == 0) return NULL;
+  const char *s = (const char *)r->p;
+  rd_skip(r, n - 1);
+  *len = n - 1;
+  return r->ok ? s : NULL;
+}
+
+typedef struct kstr {
+  const char *s;
+  size_t n;
+} kstr;
+
+#define OP_GETTABUP_54 11
+
+/* Scans one dumped function prototype (and its children), adding the names of the globals
+** it reads (GETTABUP on its `_ENV` upvalue with a constant string key) to the set at names. */
+static void scan_proto(lua_State *L, rd *r, int names, int level) {
+  size_t len;
+  if (level > 250 || !lua_checkstack(L, 4)) {
+    r->ok = 0;
+    return;
+  }
+  rd_string(r, &len);     /* source */
+  rd_size(r), rd_size(r); /* linedefined, lastlinedefined */
+  rd_skip(r, 3);          /* numparams, is_vararg, maxstacksize */
+  size_t ncode = rd_size(r);
+  const unsigned char *code = r->p;
+  if (ncode > (size_t)(r->end - r->p) / 4) r->ok = 0;
+  rd_skip(r, ncode * 4);
+  size_t nk = rd_size(r);
+  if (!r->ok || nk > (size_t)(r->end - r->p)) {
+    r->ok = 0;
+    return;
+  }
+  kstr *k = lua_newuserdatauv(L, (nk ? nk : 1) * sizeof *k, 0); /* freed by the GC */
+  for (size_t i = 0; i < nk && r->ok; i++) {
+    int t = rd_byte(r);
+    k[i].s = NULL;
+    if (t == 0x03 || t == 0x13) rd_skip(r, 8);
+    else if (t == 0x04 || t == 0x14) k[i].s = rd_string(r, &k[i].n);
+  }
+  size_t nup = rd_size(r);
+  rd_skip(r, nup * 3);
+  size_t nproto = rd_size(r);
+  for (size_t i = 0; i < nproto && r->ok; i++) scan_proto(L, r, names, level + 1);
+  size_t nline = rd_size(r);
+  rd_skip(r, nline);
+  size_t nabs = rd_size(r);
+  for (size_t i = 0; i < nabs && r->ok; i++) rd_size(r), rd_size(r);
+  size_t nloc = rd_size(r);
+  for (size_t i = 0; i < nloc && r->ok; i++) rd_string(r, &len), rd_size(r), rd_size(r);
+  size_t nupname = rd_size(r);
+  int env = -1;
+  for (size_t i = 0; i < nupname && r->ok; i++) {
+    const char *s = rd_string(r, &len);
+    if (s && len == 4 && memcmp(s, "_ENV", 4) == 0 && env < 0) env = (int)i;
+  }
+  if (!r->ok || env < 0) {
+    lua_pop(L, 1);
+    return;
+  }
+  for (size_t pc = 0; pc < ncode; pc++) {
+    uint32_t ins;
+    memcpy(&ins, code + pc * 4, 4);
+    if ((ins & 0x7f) != OP_GETTABUP_54 || (int)((ins >> 16) & 0xff) != env) continue;
+    size_t c = (ins >> 24) & 0xff;
+    if (c < nk && k[c].s != NULL) {
+      lua_pushlstring(L, k[c].s, k[c].n);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, names);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* Adds the global names read by a dumped chunk to the entry table at entry. */
+static void scan_globals(lua_State *L, int entry, const char *chunk, size_t n) {
+  static const unsigned char hdr[] = "\x1bLua\x54\x00\x19\x93\r\n\x1a\n\x04\x08\x08";
+  rd r = {(const unsigned char *)chunk, (const unsigned char *)chunk + n, 1};
+  if (n < sizeof hdr - 1 + 17 || memcmp(chunk, hdr, sizeof hdr - 1) != 0) return;
+  rd_skip(&r, sizeof hdr - 1 + 16 + 1); /* LUAC_INT, LUAC_NUM, number of upvalues */
+  lua_newtable(L);
+  int names = lua_gettop(L);
+  scan_proto(L, &r, names, 0);
+  lua_Integer i = 2;
+  lua_pushnil(L);
+  while (lua_next(L, names) != 0) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, entry, i++);
+  }
+  lua_pop(L, 1);
+}
+
+/* ---- the closure cache ---- */
+
+/* Pushes the weak-keyed closure cache, creating it on first use. */
+static void push_fcache(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, CODEC_FCACHE);
+}
+
+/* Pushes the cache entry {bytecode, global names...} of the Lua function at idx. */
+static void push_fentry(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->fcache)) {
+    push_fcache(L);
+    lua_replace(L, e->fcache);
+  }
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->fcache) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 4, 0);
+  int entry = lua_gettop(L);
+  lua_pushvalue(L, idx);
+  dumpstate d = {0};
+  lua_dump(L, dump_writer, &d, 0);
+  if (!d.init) lua_pushliteral(L, "");
+  else luaL_pushresult(&d.b);
+  lua_remove(L, -2);
+  size_t n;
+  const char *chunk = lua_tolstring(L, -1, &n);
+  lua_rawseti(L, entry, 1); /* the entry keeps the string alive */
+  scan_globals(L, entry, chunk, n);
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, entry);
+  lua_rawset(L, e->fcache);
+}
+
+/* ---- upvalues and globals ---- */
+
+/* Writes the upvalue records of the Lua function at idx (ref id fid). An `_ENV` upvalue that
+** holds a table (the globals, or a custom environment such as a test runner's) becomes the
+** message environment; the first such table is left on the stack and its index returned
+** (0 when there is none), so the globals can be read from it. */
+static int put_upvalues(enc *e, int idx, lua_Integer fid) {
+  lua_State *L = e->L;
+  int n = 0, env = 0;
+  while (lua_getupvalue(L, idx, n + 1) != NULL) {
+    lua_pop(L, 1);
+    n++;
+  }
+  put_varint(e, (uint64_t)n);
+  for (int i = 1; i <= n; i++) {
+    const char *name = lua_getupvalue(L, idx, i);
+    if (strcmp(name, "_ENV") == 0 && lua_istable(L, -1)) {
+      put_byte(e, UV_ENV);
+      if (env == 0) env = lua_gettop(L);
+      else lua_pop(L, 1);
+      continue;
+    }
+    lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
+    if (lua_rawget(L, e->upv) != LUA_TNIL) {
+      lua_Integer v = lua_tointeger(L, -1);
+      put_byte(e, UV_SHARED);
+      put_varint(e, (uint64_t)(v >> 8));
+      put_byte(e, (int)(v & 0xff));
+      lua_pop(L, 2);
+      continue;
+    }
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
+    lua_pushinteger(L, fid * 256 + i);
+    lua_rawset(L, e->upv);
+    put_byte(e, UV_VALUE);
+    push_frame(e, F_UPVAL, 0, 0, name);
+    lmp__enc_value(e, lua_gettop(L));
+    pop_frame(e);
+    lua_pop(L, 1);
+  }
+  return env;
+}
+
+/* env[key] with metamethods, run under lua_pcall. */
+static int env_get(lua_State *L) {
+  lua_gettable(L, 1);
+  return 1;
+}
+
+/* Pushes env[name] (name on top, consumed): raw for the globals table, else with metamethods
+** (an environment that falls back to _G); an error there reads as nil. */
+static void get_global(enc *e, int env) {
+  lua_State *L = e->L;
+  if (lua_rawequal(L, env, e->G)) {
+    lua_rawget(L, env);
+    return;
+  }
+  lua_pushcfunction(L, env_get);
+  lua_pushvalue(L, env);
+  lua_rotate(L, -3, 2);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
+/* Writes the captured globals named in the entry at `entry` that this message lacks so far,
+** reading them from the environment table at env. */
+static void put_globals(enc *e, int entry, int env) {
+  lua_State *L = e->L;
+  for (lua_Integer i = 2; lua_rawgeti(L, entry, i) == LUA_TSTRING; i++) {
+    int name = lua_gettop(L);
+    lua_pushvalue(L, name);
+    if (lua_rawget(L, e->caps) != LUA_TNIL) {
+      lua_pop(L, 2);
+      continue;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, name);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, e->caps);
+    lua_pushvalue(L, name);
+    get_global(e, env);
+    if (!lua_isnil(L, -1)) {
+      size_t n;
+      const char *s = lua_tolstring(L, name, &n);
+      put_byte(e, 1);
+      put_str(e, s, n);
+      push_frame(e, F_GLOBAL, 0, 0, s);
+      lmp__enc_value(e, lua_gettop(L));
+      pop_frame(e);
+    }
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  put_byte(e, 0);
+}
+
+/* Writes the record of the Lua function at idx: bytecode with debug info, upvalues, captured
+** globals. The message it is in will carry a MAC. */
+void lmp__enc_function(enc *e, int idx, lua_Integer fid) {
+  lua_State *L = e->L;
+  enter(e);
+  if (lua_isnil(L, e->upv)) {
+    lua_newtable(L);
+    lua_replace(L, e->upv);
+    lua_newtable(L);
+    lua_replace(L, e->caps);
+  }
+  e->has_func = 1;
+  put_byte(e, T_FUNC);
+  push_fentry(e, idx);
+  int entry = lua_gettop(L);
+  size_t n;
+  lua_rawgeti(L, entry, 1);
+  const char *chunk = lua_tolstring(L, -1, &n);
+  put_str(e, chunk, n);
+  lua_pop(L, 1);
+  int env = put_upvalues(e, idx, fid);
+  if (env) put_globals(e, entry, env);
+  else put_byte(e, 0);
+  lua_settop(L, entry - 1);
+  e->depth--;
+}
