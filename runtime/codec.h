@@ -94,6 +94,14 @@ void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer cou
 ** Raises SerializationError for anything else. */
 lua_Integer lmp__decode_into(lua_State *L, const char *s, size_t n, int t, lua_Integer offset);
 
+/* ---- binary chunks (codec_dump.c) ---- */
+/* 1 when chunk is a well-formed binary chunk of this Lua (every count within its bytes,
+** prototypes nested at most 200 deep, upvalue counts that agree, nothing left over). */
+int lmp__dump_check(const char *chunk, size_t n);
+/* Adds the names of the globals the dumped chunk reads to the entry table at entry, from
+** index 2 on. */
+void lmp__dump_globals(lua_State *L, int entry, const char *chunk, size_t n);
+
 /* ---- the reverse map of package.loaded (codec.c) ---- */
 /* Pushes the reverse map (value -> "module" / "module\0field"), rebuilt when package.loaded
 ** changed since the last call. */

@@ -175,6 +175,7 @@ static void push_env(dec *d) {
 static void get_number_array(dec *d, int t, uint64_t narr, int kind, lua_Integer offset) {
   lua_State *L = d->L;
   if (narr > remaining(d) / 8) bad(d, "array larger than the message");
+  if (narr == 0) return;
   const unsigned char *p = d->p;
   lua_Unsigned asize;
   lmp_tv *a = lmp__array(L, t, &asize);
@@ -335,6 +336,7 @@ static void decode_function(dec *d) {
   if (!d->authentic) bad(d, "a function in a message without a MAC");
   chunk c;
   c.s = get_str(d, &c.n);
+  if (!lmp__dump_check(c.s, c.n)) bad(d, "malformed bytecode");
   if (lua_load(L, chunk_reader, &c, "=(lmp)", "b") != LUA_OK)
     lmp_raise(L, "SerializationError", "cannot load function: %s", lua_tostring(L, -1));
   int f = lua_gettop(L);
