@@ -40,7 +40,8 @@ enum {
   T_FLOAT = 4,    /* 8 bytes, IEEE-754 bits little-endian */
   T_STR = 5,      /* varint length, bytes */
   T_TABLE = 6,    /* varint narr, varint nhash, narr values, nhash key/value pairs */
-  T_REF = 7,      /* varint id of a table/function/handle seen earlier in this message */
+  T_REF = 7,      /* varint offset, from the message's first byte, of an earlier object (a
+                  ** table, function, handle, module reference or the globals) tagged T_KEPT */
   T_FUNC = 8,     /* varint len, bytecode, varint nups, upvalues, globals */
   T_GLOBALS = 9,  /* the sender's globals table: the receiver's */
   T_MODREF = 10,  /* varint len, "module" or "module\0field" */
@@ -54,12 +55,15 @@ enum {
 };
 /* A table tag with this bit set is followed, after its pairs, by its metatable (a value). */
 #define T_WITH_MT 0x20
+/* An object's tag with this bit set: later records refer to it (T_REF, UV_SHARED), so the
+** decoder keeps it by its offset; objects referred to once are not kept at all. */
+#define T_KEPT 0x40
 
 /* Upvalue record kinds inside T_FUNC. */
 enum {
   UV_ENV = 0,    /* the per-message environment of captured globals */
   UV_VALUE = 1,  /* followed by a value */
-  UV_SHARED = 2  /* varint function id, byte upvalue index: join with that upvalue */
+  UV_SHARED = 2  /* varint function offset (as T_REF), byte upvalue index: join with it */
 };
 
 /* Registry keys. */

@@ -50,6 +50,7 @@ typedef struct lmp_ltable {
 #define TV_FLT 0x13
 #define TV_SHRSTR 0x44
 #define TV_LNGSTR 0x54
+#define TV_TABLE 0x45
 #define TV_ISNIL(tt) (((tt)&0x0f) == 0) /* nil, an empty slot or an absent key */
 #define TV_ISSTR(tt) (((tt)&0x0f) == LUA_TSTRING)
 

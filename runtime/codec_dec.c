@@ -15,7 +15,6 @@
 #include "codec.h"
 #include "codec_arr.h"
 
-#define FEW_REFS 8
 #define STR_CACHE 32 /* strings pushed for T_SREF, kept by offset */
 
 typedef struct dec {
@@ -24,10 +23,7 @@ typedef struct dec {
   const int *fds;
   int nfds, fdindex;
   int authentic; /* the MAC matched: function records may be loaded */
-  int refs;      /* ref id -> object beyond FEW_REFS (0 until needed) */
-  int refslot;   /* the stack slot kept for refs */
-  int few0;      /* the first of FEW_REFS stack slots for the first objects */
-  lua_Integer nref;
+  int refs;      /* stack slot of the kept objects: offset -> object (nil until needed) */
   int G;   /* the receiver's globals */
   int env; /* the per-message environment (nil until first needed) */
   int depth;
@@ -94,31 +90,26 @@ static void enter(dec *d) {
 
 /* ---- references ---- */
 
-/* Objects are numbered as they are made; T_REF finds them. The first FEW_REFS live in stack
-** slots (most messages have a handful of tables), the rest in a table made when needed.
-** set_ref records the value on top of the stack as ref id `id` (1-based). */
-static void set_ref(dec *d, lua_Integer id) {
+/* Objects whose tag carries T_KEPT are kept by the offset of their record, from the moment
+** they exist (before their contents, so cycles resolve); T_REF and UV_SHARED find them.
+** Objects nothing refers to again — most of them — cost nothing here. keep() records the
+** value on top of the stack when at is the offset of a kept record (at < 0: not kept). */
+static void keep(dec *d, lua_Integer at) {
   lua_State *L = d->L;
-  if (id <= FEW_REFS) {
-    lua_copy(L, -1, d->few0 + (int)id - 1);
-    return;
-  }
-  if (!d->refs) {
-    lua_createtable(L, 64, 0);
-    lua_replace(L, d->refslot);
-    d->refs = d->refslot;
+  if (at < 0) return;
+  if (lua_isnil(L, d->refs)) {
+    lua_createtable(L, 0, 8);
+    lua_replace(L, d->refs);
   }
   lua_pushvalue(L, -1);
-  lua_rawseti(L, d->refs, id);
+  lua_rawseti(L, d->refs, at);
 }
 
-static void add_ref(dec *d) { set_ref(d, ++d->nref); }
-
-/* Pushes the object with ref id id (encoder ids start at 0). */
-static void push_ref(dec *d, uint64_t id) {
-  if (id >= (uint64_t)d->nref) bad(d, "reference to an unknown object");
-  if (id < FEW_REFS) lua_pushvalue(d->L, d->few0 + (int)id);
-  else lua_rawgeti(d->L, d->refs, (lua_Integer)id + 1);
+/* Pushes the kept object whose record starts at offset off, before the reference at `at`. */
+static void push_ref(dec *d, uint64_t off, size_t at) {
+  lua_State *L = d->L;
+  if (off >= at || lua_isnil(L, d->refs) || lua_rawgeti(L, d->refs, (lua_Integer)off) == LUA_TNIL)
+    bad(d, "reference to an unknown object");
 }
 
 /* Pushes the string a T_SREF (its tag at offset at) points to: an earlier T_STR of
@@ -241,7 +232,7 @@ static void get_pairs(dec *d, int t, uint64_t nhash) {
 /* Reads a table record: sized from its counts, numbered before its contents (so references
 ** to it inside resolve); the metatable is set last, so filling the table runs no
 ** metamethod. */
-static void decode_table(dec *d, int tag) {
+static void decode_table(dec *d, int tag, lua_Integer at) {
   lua_State *L = d->L;
   int kind = tag & ~T_WITH_MT;
   enter(d);
@@ -251,7 +242,7 @@ static void decode_table(dec *d, int tag) {
   uint64_t cap = kind == T_TABLE ? (1u << 24) : (1u << 30);
   lua_createtable(L, (int)(narr < cap ? narr : cap), (int)(nhash < (1u << 24) ? nhash : (1u << 24)));
   int t = lua_gettop(L);
-  add_ref(d);
+  keep(d, at);
   get_array(d, t, narr, kind, 0);
   get_pairs(d, t, nhash);
   if (tag & T_WITH_MT) {
@@ -282,9 +273,10 @@ static const char *chunk_reader(lua_State *L, void *ud, size_t *size) {
 /* Joins upvalue i of the function at f with upvalue n of an earlier function (by ref id). */
 static void join_upvalue(dec *d, int f, int i) {
   lua_State *L = d->L;
-  uint64_t id = get_varint(d);
+  size_t at = (size_t)(d->p - d->base);
+  uint64_t off = get_varint(d);
   int n = get_byte(d);
-  push_ref(d, id);
+  push_ref(d, off, at);
   if (lua_type(L, -1) != LUA_TFUNCTION || lua_iscfunction(L, -1))
     bad(d, "shared upvalue of something that is not a Lua function");
   if (n < 1 || lua_getupvalue(L, -1, n) == NULL) bad(d, "shared upvalue out of range");
@@ -330,7 +322,7 @@ static void decode_globals(dec *d) {
 
 /* Reads a function record; its bytecode is loaded (binary mode) only from an authenticated
 ** message. */
-static void decode_function(dec *d) {
+static void decode_function(dec *d, lua_Integer at) {
   lua_State *L = d->L;
   enter(d);
   if (!d->authentic) bad(d, "a function in a message without a MAC");
@@ -340,7 +332,7 @@ static void decode_function(dec *d) {
   if (lua_load(L, chunk_reader, &c, "=(lmp)", "b") != LUA_OK)
     lmp_raise(L, "SerializationError", "cannot load function: %s", lua_tostring(L, -1));
   int f = lua_gettop(L);
-  add_ref(d);
+  keep(d, at);
   decode_upvalues(d, f);
   decode_globals(d);
   d->depth--;
@@ -349,7 +341,7 @@ static void decode_function(dec *d) {
 /* ---- by-reference values and handles ---- */
 
 /* Pushes require(name)[field] (field optional) for a T_MODREF. */
-static void decode_modref(dec *d) {
+static void decode_modref(dec *d, lua_Integer at) {
   lua_State *L = d->L;
   size_t n;
   const char *s = get_str(d, &n);
@@ -373,18 +365,17 @@ static void decode_modref(dec *d) {
     }
     lua_remove(L, -2);
   }
-  add_ref(d);
+  keep(d, at);
 }
 
 /* Rebuilds a handle through the decoder registered for its type name. */
-static void decode_handle(dec *d) {
+static void decode_handle(dec *d, lua_Integer at) {
   lua_State *L = d->L;
   size_t tn, pn;
   const char *type = get_str(d, &tn);
   const char *payload = get_str(d, &pn);
   uint64_t nfds = get_varint(d);
   if (nfds > remaining(d) || !lua_checkstack(L, (int)nfds + 8)) bad(d, "too many descriptors");
-  lua_Integer id = ++d->nref; /* the encoder numbered the handle before its contents */
   lua_getfield(L, LUA_REGISTRYINDEX, CODEC_HANDLES);
   lua_pushlstring(L, type, tn);
   if (!lua_istable(L, -2) || lua_rawget(L, -2) != LUA_TFUNCTION)
@@ -402,7 +393,7 @@ static void decode_handle(dec *d) {
     }
   }
   lua_call(L, 1 + (int)nfds, 1);
-  set_ref(d, id);
+  keep(d, at);
 }
 
 /* ---- dispatch ---- */
@@ -414,7 +405,17 @@ static void decode_value(dec *d) {
   size_t n;
   const char *s;
   lua_Number x;
+  size_t here = (size_t)(d->p - d->base);
   int tag = get_byte(d);
+  lua_Integer at = -1;
+  if (tag & T_KEPT) { /* only objects are kept */
+    tag &= ~T_KEPT;
+    if ((tag & ~T_WITH_MT) != T_TABLE && (tag & ~T_WITH_MT) != T_TABLE_I &&
+        (tag & ~T_WITH_MT) != T_TABLE_F && tag != T_FUNC && tag != T_GLOBALS &&
+        tag != T_MODREF && tag != T_HANDLE)
+      bad(d, "unknown tag");
+    at = (lua_Integer)here;
+  }
   switch (tag) {
     case T_NIL: lua_pushnil(L); break;
     case T_FALSE: lua_pushboolean(L, 0); break;
@@ -434,21 +435,21 @@ static void decode_value(dec *d) {
       s = get_str(d, &n);
       lua_pushlstring(L, s, n);
       break;
-    case T_SREF: push_sref(d, (size_t)(d->p - 1 - d->base)); break;
+    case T_SREF: push_sref(d, here); break;
     case T_TABLE:
     case T_TABLE_I:
     case T_TABLE_F:
     case T_TABLE | T_WITH_MT:
     case T_TABLE_I | T_WITH_MT:
-    case T_TABLE_F | T_WITH_MT: decode_table(d, tag); break;
-    case T_REF: push_ref(d, get_varint(d)); break;
-    case T_FUNC: decode_function(d); break;
+    case T_TABLE_F | T_WITH_MT: decode_table(d, tag, at); break;
+    case T_REF: push_ref(d, get_varint(d), here); break;
+    case T_FUNC: decode_function(d, at); break;
     case T_GLOBALS:
       lua_pushvalue(L, d->G);
-      add_ref(d);
+      keep(d, at);
       break;
-    case T_MODREF: decode_modref(d); break;
-    case T_HANDLE: decode_handle(d); break;
+    case T_MODREF: decode_modref(d, at); break;
+    case T_HANDLE: decode_handle(d, at); break;
     default: bad(d, "unknown tag");
   }
 }
@@ -484,14 +485,10 @@ static void dec_init(dec *d, lua_State *L, const char *s, size_t n, const int *f
   d->fds = fds;
   d->nfds = nfds;
   d->fdindex = p[4] & CODEC_FLAG_FDINDEX;
-  d->nref = 0;
   d->depth = 0;
   if (!lua_checkstack(L, 24)) bad(d, "Lua stack overflow");
   lua_pushnil(L);
-  d->refslot = lua_gettop(L);
-  d->refs = 0;
-  d->few0 = d->refslot + 1;
-  for (int i = 0; i < FEW_REFS; i++) lua_pushnil(L);
+  d->refs = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   d->G = lua_gettop(L);
   lua_pushnil(L);
@@ -521,9 +518,6 @@ lua_Integer lmp__decode_into(lua_State *L, const char *s, size_t n, int t, lua_I
   enter(&d);
   uint64_t narr, nhash;
   get_counts(&d, kind, &narr, &nhash);
-  lua_pushnil(L); /* ref 0 is the array itself, which is never made */
-  add_ref(&d);
-  lua_pop(L, 1);
   get_array(&d, t, narr, kind, offset - 1);
   for (uint64_t i = 0; i < 2 * nhash + ((tag & T_WITH_MT) != 0); i++) {
     decode_value(&d); /* the pairs (n = narr) and the metatable */

@@ -92,45 +92,46 @@ static lmp_scratch *scratch(enc *e) {
   return e->scratch;
 }
 
-/* Moves the objects numbered so far into the identity map. */
+/* Moves the objects sent so far into the identity map. */
 static void objs_to_map(enc *e) {
   lmp_pmap *m = &scratch(e)->objs;
   for (int i = 0; i < e->nfew; i++) {
     int isnew;
-    if (e->few[i] == NULL) continue; /* the unnumbered root of a range */
     lmp_pment *x = lmp__pmap_put(m, e->few[i], &isnew);
     if (x == NULL) fail(e, "out of memory");
-    x->v = (uint32_t)i;
+    x->v = e->fewoff[i];
   }
   e->nfew = -1;
 }
 
 lua_Integer lmp__enc_number(enc *e, const void *p, int *isnew) {
+  uint64_t here = e->out->len - e->start;
+  if (here > 0xffffffffu) fail(e, "message larger than 4 GiB");
   if (e->nfew >= 0) {
     for (int i = 0; i < e->nfew; i++)
       if (e->few[i] == p) {
         *isnew = 0;
-        return i;
+        return e->fewoff[i];
       }
     if (e->nfew < FEW_OBJS) {
-      e->few[e->nfew++] = p;
+      e->few[e->nfew] = p;
+      e->fewoff[e->nfew++] = (uint32_t)here;
       *isnew = 1;
-      return e->nref++;
+      return (lua_Integer)here;
     }
     objs_to_map(e);
   }
   lmp_pment *x = lmp__pmap_put(&e->scratch->objs, p, isnew);
   if (x == NULL) fail(e, "out of memory");
-  if (*isnew) {
-    if (e->nref > 0xfffffffe) fail(e, "too many tables and functions in one message");
-    x->v = (uint32_t)e->nref++;
-  }
+  if (*isnew) x->v = (uint32_t)here;
   return (lua_Integer)x->v;
 }
 
-void lmp__enc_ref(enc *e, lua_Integer id) {
+void lmp__enc_ref(enc *e, lua_Integer off, int ref) {
+  e->out->p[e->start + (size_t)off] |= T_KEPT;
+  if (!ref) return;
   put_byte(e, T_REF);
-  put_varint(e, (uint64_t)id);
+  put_varint(e, (uint64_t)off);
 }
 
 /* ---- strings ---- */
@@ -309,7 +310,7 @@ static void encode_function(enc *e, int idx) {
   int isnew;
   lua_Integer id = lmp__enc_number(e, p, &isnew);
   if (!isnew) {
-    lmp__enc_ref(e, id);
+    lmp__enc_ref(e, id, 1);
     return;
   }
   if (lmp__enc_modref(e, idx, p)) return;
@@ -325,7 +326,7 @@ static void encode_userdata(enc *e, int idx) {
   int isnew;
   lua_Integer id = lmp__enc_number(e, p, &isnew);
   if (!isnew) {
-    lmp__enc_ref(e, id);
+    lmp__enc_ref(e, id, 1);
     return;
   }
   if (lmp__enc_modref(e, idx, p)) return;
@@ -378,7 +379,6 @@ static void enc_init(enc *e, lua_State *L, lmp_buf *out, lmp_fdvec *fds, const c
   e->fds = fds;
   e->root = root ? root : "value";
   e->has_func = 0;
-  e->nref = 0;
   e->nfew = e->nsfew = 0;
   e->scratch = sc;
   e->cached = sc != NULL;
@@ -455,11 +455,9 @@ void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer cou
   idx = lua_absindex(L, idx);
   int top = lua_gettop(L);
   enc_init(&e, L, out, fds, root, count >= BIG_ARRAY ? lmp__scratch_acquire(L) : NULL);
-  e.few[e.nfew++] = NULL; /* ref id 0: the array table of the message, never referenced */
-  e.nref++;
   e.depth = 1;
   size_t tagpos = e.out->len;
-  put_byte(&e, T_TABLE);
+  put_byte(&e, T_TABLE); /* the array of the message: not an object anything refers to */
   put_varint(&e, (uint64_t)count);
   put_byte(&e, 1); /* one pair: n = count */
   e.out->p[tagpos] = (char)lmp__enc_array(&e, idx, first, count);

@@ -31,9 +31,11 @@ typedef struct enc {
   lmp_fdvec *fds;
   const char *root;
   int has_func; /* a function record was written: the message gets a MAC */
-  /* identity: addresses of numbered objects, in `few` while they fit, then in scratch */
+  /* identity: addresses of objects sent, with the offsets of their records, in `few` while
+  ** they fit, then in the scratch's map */
   int nfew;
   const void *few[FEW_OBJS];
+  uint32_t fewoff[FEW_OBJS];
   /* the string memo: address of a short string -> offset of its T_STR in the message */
   int nsfew;
   const char *sfew[FEW_STRS];
@@ -51,7 +53,6 @@ typedef struct enc {
   int have_rev;
   int pusherslot;  /* a one-slot table that pushes values read in place (codec_tab.c) */
   void *pushslot;  /* its slot; NULL until it is made */
-  lua_Integer nref;
   int depth, nframe;
   frame frames[MAX_FRAMES];
 } enc;
@@ -146,12 +147,14 @@ static inline void put_float(enc *e, lua_Number d) {
 
 /* Writes the value at idx (an absolute index) by its type. */
 void lmp__enc_value(enc *e, int idx);
-/* The ref id of the object at address p, numbering it (*isnew = 1) when it is new. */
+/* The offset of the record of the object at address p; when it is new (*isnew = 1), that is
+** where the caller writes it now. */
 lua_Integer lmp__enc_number(enc *e, const void *p, int *isnew);
 /* Writes a T_MODREF when the value at idx (at address p) is a module or a module's field;
 ** returns 1 then. */
 int lmp__enc_modref(enc *e, int idx, const void *p);
-void lmp__enc_ref(enc *e, lua_Integer id);
+/* Marks the record at offset off as referred to (T_KEPT); writes a T_REF to it when ref. */
+void lmp__enc_ref(enc *e, lua_Integer off, int ref);
 /* Writes a string (short ones through the memo: maybe as a T_SREF). */
 void lmp__enc_string(enc *e, const char *s, size_t n);
 /* Pushes the __lmp_encode hook of the metatable at mt; returns 0 (nothing pushed) if none. */
@@ -166,7 +169,7 @@ void lmp__enc_table(enc *e, int idx);
 ** they need (T_TABLE, or T_TABLE_I / T_TABLE_F for numbers in bulk). */
 int lmp__enc_array(enc *e, int idx, lua_Integer first, lua_Integer narr);
 
-/* Writes the Lua function at idx (codec_fn.c), already numbered as fid. */
+/* Writes the Lua function at idx (codec_fn.c), its record at offset fid. */
 void lmp__enc_function(enc *e, int idx, lua_Integer fid);
 
 #endif

@@ -70,7 +70,7 @@ static void push_fentry(enc *e, int idx) {
 
 /* ---- upvalues and globals ---- */
 
-/* Writes the upvalue records of the Lua function at idx (ref id fid). An `_ENV` upvalue that
+/* Writes the upvalue records of the Lua function at idx (its record at offset fid). An `_ENV` upvalue that
 ** holds a table (the globals, or a custom environment such as a test runner's) becomes the
 ** message environment; the first such table is left on the stack and its index returned
 ** (0 when there is none), so the globals can be read from it. */
@@ -93,6 +93,7 @@ static int put_upvalues(enc *e, int idx, lua_Integer fid) {
     lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
     if (lua_rawget(L, e->upv) != LUA_TNIL) {
       lua_Integer v = lua_tointeger(L, -1);
+      lmp__enc_ref(e, v >> 8, 0); /* the decoder keeps that function */
       put_byte(e, UV_SHARED);
       put_varint(e, (uint64_t)(v >> 8));
       put_byte(e, (int)(v & 0xff));

@@ -40,6 +40,11 @@ static inline size_t lmp__pmap_hash(const lmp_pmap *m, const void *p) {
   return (size_t)((page << 8) ^ ((a >> 4) & 0xff)) & m->mask;
 }
 
+/* Starts loading the home slot of p into the cache. */
+static inline void lmp__pmap_prefetch(const lmp_pmap *m, const void *p) {
+  if (m->e != NULL) __builtin_prefetch(&m->e[lmp__pmap_hash(m, p)], 1);
+}
+
 /* The live entry of p, or NULL when p is not in the map. */
 static inline lmp_pment *lmp__pmap_find(const lmp_pmap *m, const void *p) {
   if (m->e == NULL) return NULL;

@@ -103,6 +103,14 @@ static int put_values(enc *e, int idx, const lmp_ltable *tp, lua_Integer first,
       put_plain(e, &a[i - 1]);
       continue;
     }
+    /* an array of tables is walked in order: load the next ones ahead (their heads four
+    ** slots ahead, then the nodes of the one two slots ahead, whose head is in by then) */
+    if ((lua_Unsigned)(i + 3) < asize && a[i + 3].tt == TV_TABLE) {
+      __builtin_prefetch(a[i + 3].v.p);
+      if (e->nfew < 0) lmp__pmap_prefetch(&e->scratch->objs, a[i + 3].v.p);
+    }
+    if ((lua_Unsigned)(i + 1) < asize && a[i + 1].tt == TV_TABLE)
+      __builtin_prefetch(((const lmp_ltable *)a[i + 1].v.p)->node);
     f->i = i;
     int t = lua_rawgeti(L, idx, i);
     lmp__enc_value(e, lua_gettop(L));
@@ -163,6 +171,15 @@ static int64_t put_pairs_direct(enc *e, int idx, lua_Integer narr) {
   lua_Integer skip = (lua_Unsigned)narr > from ? narr : 0; /* keys 1..skip: sent already */
   size_t nodes = (size_t)1 << t->lsizenode;
   int64_t count = 0;
+  /* the strings and tables this one holds are read next: start loading them (and the
+  ** tables' slots of the identity map), so their cache misses overlap instead of following
+  ** one another */
+  const lmp_pmap *objs = e->nfew < 0 ? &e->scratch->objs : NULL;
+  for (size_t i = 0; i < nodes; i++) {
+    unsigned char tt = t->node[i].tt;
+    if (tt == TV_TABLE || TV_ISSTR(tt)) __builtin_prefetch(t->node[i].v.p);
+    if (tt == TV_TABLE && objs) lmp__pmap_prefetch(objs, t->node[i].v.p);
+  }
   push_frame(e, F_KEYOF, 0, 0, NULL);
   frame *f = &e->frames[e->nframe - 1];
   for (size_t i = 0; i < nodes; i++) {
@@ -260,7 +277,7 @@ static void write_table(enc *e, int idx, const lmp_ltable *tp, int mt) {
   size_t countpos = reserve_count(e, bound);
   size_t countlen = e->out->len - countpos;
   int kind = put_array(e, idx, tp, 1, narr);
-  e->out->p[tagpos] = (char)(kind | (mt ? T_WITH_MT : 0));
+  e->out->p[tagpos] = (char)((e->out->p[tagpos] & T_KEPT) | kind | (mt ? T_WITH_MT : 0));
   int64_t count = lmp__array_direct ? put_pairs_direct(e, idx, narr) : -1;
   if (count < 0) count = (int64_t)put_pairs_api(e, idx, narr);
   if ((uint64_t)count > bound) fail(e, "table changed while it was being sent");
@@ -280,7 +297,7 @@ void lmp__enc_table(enc *e, int idx) {
   int isnew;
   lua_Integer id = lmp__enc_number(e, p, &isnew);
   if (!isnew) {
-    lmp__enc_ref(e, id);
+    lmp__enc_ref(e, id, 1);
     return;
   }
   if (p == e->Gp) {
@@ -291,6 +308,7 @@ void lmp__enc_table(enc *e, int idx) {
   enter(e);
   int mt = 0;
   const lmp_ltable *t = lmp__table(L, idx);
+  if (t != NULL) __builtin_prefetch(t->node);
   if ((t == NULL || t->metatable != NULL) && lua_getmetatable(L, idx)) {
     mt = lua_gettop(L);
     if (lmp__enc_hook(L, mt)) {
