@@ -112,7 +112,8 @@ static void add_key_set(lua_State *L, int idx) {
   while (lua_next(L, idx) != 0) {
     lua_pop(L, 1);
     int isnew;
-    if (is_ref_type(lua_type(L, -1)) && lmp__pmap_put(&s->objs, lua_topointer(L, -1), &isnew) == NULL)
+    if (is_ref_type(lua_type(L, -1)) &&
+        lmp__pmap_put(&s->objs, lua_topointer(L, -1), &isnew) == NULL)
       luaL_error(L, "not enough memory");
   }
   lua_rawseti(L, idx, 3);
@@ -286,7 +287,8 @@ static int l_encode(lua_State *L) {
   lmp_scratch *sc = lmp__scratch_acquire(L);
   lmp__encode_scratch(L, 1, sc, root);
   lua_pushlstring(L, sc->buf.p, sc->buf.len);
-  if (sc->buf.cap > ((size_t)4 << 20)) lmp_buf_free(&sc->buf); /* keep no big buffer */
+  /* the buffer stays for the next call (until the scratch is collected), unless it is huge */
+  if (sc->buf.cap > ((size_t)16 << 20)) lmp_buf_free(&sc->buf);
   return 1;
 }
 

@@ -57,7 +57,8 @@ typedef struct lmp_ltable {
 /* A string's bytes and length (tag tt): the same pointer lua_tolstring gives. */
 #define LMP_TS_STR(ts) ((const char *)(ts) + 24)
 static inline size_t lmp__ts_len(const void *ts, unsigned char tt) {
-  return tt == TV_SHRSTR ? ((const unsigned char *)ts)[11] : *(const size_t *)((const char *)ts + 16);
+  if (tt == TV_SHRSTR) return ((const unsigned char *)ts)[11];
+  return *(const size_t *)((const char *)ts + 16);
 }
 
 extern int lmp__array_direct; /* 1 once the layout was checked against this Lua */

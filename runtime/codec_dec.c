@@ -240,7 +240,8 @@ static void decode_table(dec *d, int tag, lua_Integer at) {
   get_counts(d, kind, &narr, &nhash);
   /* each tagged element takes a byte of input: cap what that lets a message allocate */
   uint64_t cap = kind == T_TABLE ? (1u << 24) : (1u << 30);
-  lua_createtable(L, (int)(narr < cap ? narr : cap), (int)(nhash < (1u << 24) ? nhash : (1u << 24)));
+  uint64_t hcap = 1u << 24;
+  lua_createtable(L, (int)(narr < cap ? narr : cap), (int)(nhash < hcap ? nhash : hcap));
   int t = lua_gettop(L);
   keep(d, at);
   get_array(d, t, narr, kind, 0);

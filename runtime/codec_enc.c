@@ -1,11 +1,13 @@
 /*
 ** codec_enc.c — the encoder: Lua values to lmp messages (format in codec.h; tables in
-** codec_tab.c, functions in codec_fn.c). Errors are raised as SerializationError objects naming the path of the
-** offending value; the path is rebuilt from a small frame stack only when an error happens.
+** codec_tab.c, functions in codec_fn.c). Errors are raised as SerializationError objects
+** naming the path of the offending value; the path is rebuilt from a small frame stack only
+** when an error happens.
 ** Design notes:
 **  - Object identity (shared references, cycles) and the memo of short strings are C-side
-**    maps keyed by address and scoped to one message: small arrays first, hash maps in a
-**    scratch userdata (freed at the end, or by the GC after an error) when those are full.
+**    maps keyed by address and scoped to one message: small arrays first, then the maps of a
+**    scratch (codec_pmap.h) — the state's own, kept between messages, for a message that
+**    starts with a big array (and for mp.encode); else a temporary one, freed at the end.
 **  - The reverse module map is consulted only for objects whose address is in its key set.
 ** Caveat: addresses are identities only while the objects live; a __lmp_encode hook that
 ** drops parts of the value being encoded breaks that (short strings are checked anyway).
@@ -60,6 +62,16 @@ static void push_path(enc *e) {
     switch (f->kind) {
       case F_INDEX: lua_pushfstring(L, "[%I]", (LUAI_UACINT)f->i); break;
       case F_KEY: push_key_component(L, f->idx); break;
+      case F_KEYSLOT: /* the key is alive in its table: push it through the one-slot table */
+        if (e->pushslot == NULL) {
+          lua_createtable(L, 1, 0);
+          e->pushslot = lmp__table(L, -1)->array;
+          lua_replace(L, e->pusherslot);
+        }
+        lmp__push_slot(L, e->pusherslot, e->pushslot, &f->key);
+        push_key_component(L, -1);
+        lua_remove(L, -2);
+        break;
       case F_KEYOF: lua_pushliteral(L, ".<key>"); break;
       case F_UPVAL: lua_pushfstring(L, ".upvalue(%s)", f->name); break;
       case F_MT: lua_pushliteral(L, ".<metatable>"); break;
@@ -136,12 +148,6 @@ void lmp__enc_ref(enc *e, lua_Integer off, int ref) {
 
 /* ---- strings ---- */
 
-static int varint_len(uint64_t v) {
-  int n = 1;
-  while (v >= 0x80) v >>= 7, n++;
-  return n;
-}
-
 /* 1 when the message holds at offset off a T_STR of the n bytes at s (n <= 40: compared
 ** here rather than through a memcmp call). */
 static inline int same_string(enc *e, uint64_t off, const char *s, size_t n) {
@@ -156,20 +162,24 @@ static inline int same_string(enc *e, uint64_t off, const char *s, size_t n) {
 ** (*off != NOCOPY) and that is smaller; else in full, making that copy the remembered one. */
 #define NOCOPY 0xffffffffu
 static void put_memo_string(enc *e, uint32_t *off, const char *s, size_t n) {
+  unsigned char *p = room(e, 2 + CODEC_MEMO_MAX); /* either form fits */
   if (*off != NOCOPY && same_string(e, *off, s, n)) {
-    if (1 + varint_len(*off) < 2 + (int)n) {
-      put_byte(e, T_SREF);
-      put_varint(e, *off);
+    uint32_t v = *off;
+    int len = v < (1u << 7) ? 1 : v < (1u << 14) ? 2 : v < (1u << 21) ? 3 : v < (1u << 28) ? 4 : 5;
+    if (1 + len < 2 + (int)n) {
+      *p++ = T_SREF;
+      for (; v >= 0x80; v >>= 7) *p++ = (unsigned char)(v | 0x80);
+      *p = (unsigned char)v;
+      e->out->len += 1 + (size_t)len;
       return;
     }
   } else {
     uint64_t here = e->out->len - e->start;
     *off = here < NOCOPY ? (uint32_t)here : NOCOPY;
   }
-  unsigned char *p = room(e, 2 + n);
   p[0] = T_STR;
   p[1] = (unsigned char)n;
-  memcpy(p + 2, s, n);
+  for (size_t i = 0; i < n; i++) p[2 + i] = (unsigned char)s[i];
   e->out->len += 2 + n;
 }
 

@@ -8,16 +8,18 @@
 #include <string.h>
 
 #include "codec.h"
+#include "codec_arr.h"
 #include "codec_pmap.h"
 
 /* Path components, kept as a small stack and turned into text only when an error happens. */
-enum { F_INDEX, F_KEY, F_KEYOF, F_UPVAL, F_MT, F_GLOBAL };
+enum { F_INDEX, F_KEY, F_KEYSLOT, F_KEYOF, F_UPVAL, F_MT, F_GLOBAL };
 
 typedef struct frame {
   int kind;
   int idx;          /* F_KEY: stack index of the key */
   lua_Integer i;    /* F_INDEX */
   const char *name; /* F_UPVAL, F_GLOBAL */
+  lmp_tv key;       /* F_KEYSLOT: the key, read in place from a table's node */
 } frame;
 
 #define MAX_FRAMES (CODEC_MAX_DEPTH + 8)

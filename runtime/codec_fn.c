@@ -70,8 +70,8 @@ static void push_fentry(enc *e, int idx) {
 
 /* ---- upvalues and globals ---- */
 
-/* Writes the upvalue records of the Lua function at idx (its record at offset fid). An `_ENV` upvalue that
-** holds a table (the globals, or a custom environment such as a test runner's) becomes the
+/* Writes the upvalue records of the Lua function at idx (its record at offset fid). An
+** `_ENV` upvalue that holds a table (the globals, or a custom environment such as a test runner's) becomes the
 ** message environment; the first such table is left on the stack and its index returned
 ** (0 when there is none), so the globals can be read from it. */
 static int put_upvalues(enc *e, int idx, lua_Integer fid) {

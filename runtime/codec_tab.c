@@ -159,12 +159,11 @@ static uint64_t pairs_bound(const lmp_ltable *t, lua_Unsigned from) {
   return lmp__array_size(t) - from + ((uint64_t)1 << t->lsizenode);
 }
 
-/* Writes the pairs of the table at idx not in t[1..narr], walking its hash nodes in place;
+/* Writes the pairs of the table t not in t[1..narr], walking its hash nodes in place;
 ** returns how many, or -1 (nothing written) when array slots after narr hold values (the
 ** caller then walks with lua_next). */
-static int64_t put_pairs_direct(enc *e, int idx, lua_Integer narr) {
+static int64_t put_pairs_direct(enc *e, const lmp_ltable *t, lua_Integer narr) {
   lua_State *L = e->L;
-  const lmp_ltable *t = lmp__table(L, idx);
   lua_Unsigned from = pairs_start(t, narr), size = lmp__array_size(t);
   for (lua_Unsigned j = from; j < size; j++)
     if (!TV_ISNIL(t->array[j].tt)) return -1;
@@ -194,17 +193,25 @@ static int64_t put_pairs_direct(enc *e, int idx, lua_Integer narr) {
       put_plain(e, &val);
       continue;
     }
-    push_slot(e, &key);
-    push_slot(e, &val);
-    int top = lua_gettop(L);
-    f->kind = F_KEYOF;
-    if (plainkey) put_plain(e, &key);
-    else lmp__enc_value(e, top - 1);
-    f->kind = F_KEY;
-    f->idx = top - 1;
-    lmp__enc_value(e, top);
-    lua_settop(L, top - 2);
-    t = lmp__table(L, idx); /* Lua code may have run: the nodes must still be these */
+    if (plainkey) { /* only the value goes on the stack; the key stays in the frame */
+      put_plain(e, &key);
+      push_slot(e, &val);
+      f->kind = F_KEYSLOT;
+      f->key = key;
+      lmp__enc_value(e, lua_gettop(L));
+      lua_pop(L, 1);
+    } else {
+      push_slot(e, &key);
+      push_slot(e, &val);
+      int top = lua_gettop(L);
+      f->kind = F_KEYOF;
+      lmp__enc_value(e, top - 1);
+      f->kind = F_KEY;
+      f->idx = top - 1;
+      lmp__enc_value(e, top);
+      lua_settop(L, top - 2);
+    }
+    /* Lua code may have run (a hook): the table stays where it is, its nodes must too */
     if (((size_t)1 << t->lsizenode) != nodes) fail(e, "table changed while it was being sent");
   }
   pop_frame(e);
@@ -250,9 +257,10 @@ static size_t reserve_count(enc *e, uint64_t bound) {
   int n = 1;
   for (uint64_t v = bound; v >= 0x80; v >>= 7) n++;
   size_t at = e->out->len;
-  memset(room(e, (size_t)n), 0x80, (size_t)n);
+  unsigned char *p = room(e, (size_t)n);
+  for (int i = 0; i < n - 1; i++) p[i] = 0x80;
+  p[n - 1] = 0;
   e->out->len += (size_t)n;
-  e->out->p[at + (size_t)n - 1] = 0;
   return at;
 }
 
@@ -278,7 +286,7 @@ static void write_table(enc *e, int idx, const lmp_ltable *tp, int mt) {
   size_t countlen = e->out->len - countpos;
   int kind = put_array(e, idx, tp, 1, narr);
   e->out->p[tagpos] = (char)((e->out->p[tagpos] & T_KEPT) | kind | (mt ? T_WITH_MT : 0));
-  int64_t count = lmp__array_direct ? put_pairs_direct(e, idx, narr) : -1;
+  int64_t count = tp ? put_pairs_direct(e, tp, narr) : -1;
   if (count < 0) count = (int64_t)put_pairs_api(e, idx, narr);
   if ((uint64_t)count > bound) fail(e, "table changed while it was being sent");
   patch_count(e, countpos, countlen, (uint64_t)count);
@@ -307,7 +315,7 @@ void lmp__enc_table(enc *e, int idx) {
   if (lmp__enc_modref(e, idx, p)) return;
   enter(e);
   int mt = 0;
-  const lmp_ltable *t = lmp__table(L, idx);
+  const lmp_ltable *t = lmp__array_direct ? p : NULL;
   if (t != NULL) __builtin_prefetch(t->node);
   if ((t == NULL || t->metatable != NULL) && lua_getmetatable(L, idx)) {
     mt = lua_gettop(L);

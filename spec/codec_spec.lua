@@ -49,7 +49,7 @@ local function same_shape(a, b, seen)
       for k2 in pairs(b) do if seen[k] == k2 then kb = k2 end end
       if kb == nil then
         for k2 in pairs(b) do
-          if type(k2) == "table" and rawget(b, k2) ~= nil and same_shape(k, k2, seen) then kb = k2 end
+          if type(k2) == "table" and same_shape(k, k2, seen) then kb = k2 end
         end
       end
       if kb == nil then return false, "table key" end

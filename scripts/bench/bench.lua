@@ -390,7 +390,9 @@ local CODEC_DATA = {
 
 -- Checks a decoded value against what CODEC_DATA made.
 local CODEC_CHECK = {
-  records = function(r) return #r == 100000 and r[777].name == "user777" and r[5].tags[3] == "c" end,
+  records = function(r)
+    return #r == 100000 and r[777].name == "user777" and r[5].tags[3] == "c"
+  end,
   tree = function(r) return r.l.r.v == 4 and r.r.l.l.v == 11 end,
   floats = function(r) return #r == 1000000 and r[999999] == 499999.5 end,
   string = function(r) return #r == 10 * 1024 * 1024 end,

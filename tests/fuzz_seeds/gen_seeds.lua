@@ -12,7 +12,9 @@ local cyc = { 1, 2 }
 cyc.self = cyc
 local mt = { __index = {} }
 local records = {}
-for i = 1, 40 do records[i] = { id = i, name = "user" .. i, score = i * 0.5, tags = { "a", "b" } } end
+for i = 1, 40 do
+  records[i] = { id = i, name = "user" .. i, score = i * 0.5, tags = { "a", "b" } }
+end
 local tree = {}
 for i = 0, 30 do tree[i] = { v = i } end
 for i = 0, 30 do tree[i].l, tree[i].r = tree[2 * i + 1], tree[2 * i + 2] end
@@ -27,7 +29,8 @@ local data = {
   nested = { a = { b = { c = { d = { e = "deep" } } } }, list = { 1, 2, 3, { 4, 5 } } },
   shared = { x = shared, y = shared, [shared] = shared },
   cycle = cyc,
-  metatables = { setmetatable({}, mt), setmetatable({ 1 }, mt), setmetatable({ 1.5, 2.5, 3.5, 4.5 }, mt) },
+  metatables = { setmetatable({}, mt), setmetatable({ 1 }, mt),
+                 setmetatable({ 1.5, 2.5, 3.5, 4.5 }, mt) },
   modrefs = { print, string.format, io.stdout, _G, math, string },
   handle = { setmetatable({ p = "payload" }, toy), setmetatable({ p = "" }, toy) },
   sparse = { [1] = 1, [100] = 100, [2.5] = "f", [true] = false, ["a b"] = {} },
