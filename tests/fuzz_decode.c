@@ -5,7 +5,9 @@
 ** so a function-carrying one must pass the MAC (mutations never do). Bit 0 set: the harness
 ** first signs the message with this process's key, as if lmp's own encoder had made it, so the
 ** decoding of function records itself — bytecode check, lua_load, upvalues, shared upvalues,
-** captured globals — is fuzzed too. The state has no os/debug libraries and empty package
+** captured globals — is fuzzed too. Mode bit 1 set: the message is decoded the way a map's
+** results are, straight into a table at an offset (lmp__decode_into). The state has no
+** os/debug libraries and empty package
 ** paths, so decoded module references and metamethods cannot reach the process or the file
 ** system. At exit it reports how many inputs of each kind it ran and how they ended.
 */
@@ -32,7 +34,12 @@ static int decode_cb(lua_State *L) {
   const char *p = lua_touserdata(L, 1);
   size_t n = (size_t)lua_tointeger(L, 2);
   static const int fds[2] = {0, 1};
-  lmp_decode(L, p, n, fds, 2);
+  if (lua_toboolean(L, 3)) {
+    lua_createtable(L, 8, 1);
+    lmp__decode_into(L, p, n, -1, 3);
+  } else {
+    lmp_decode(L, p, n, fds, 2);
+  }
   return 1;
 }
 
@@ -78,7 +85,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   lua_pushcfunction(L, decode_cb);
   lua_pushlightuserdata(L, buf);
   lua_pushinteger(L, (lua_Integer)size);
-  int st = lua_pcall(L, 2, 1, 0);
+  lua_pushboolean(L, data[0] & 2);
+  int st = lua_pcall(L, 3, 1, 0);
   counts[kind][0]++;
   if (st == LUA_OK) {
     counts[kind][1]++;

@@ -2,7 +2,8 @@
 --   build/lmp tests/fuzz_seeds/gen_seeds.lua tests/fuzz_seeds
 -- Mode 0: decoded as received. Mode 1: signed by the harness first, so function records are
 -- decoded (this script's own key is not the harness's). Each function seed also goes in as
--- mode 0, where the MAC must refuse it.
+-- mode 0, where the MAC must refuse it. Mode 2: decoded as a map's results are, into a table
+-- at an offset (the range seeds, made the way a worker makes a chunk's results).
 local core = require "lmp.core"
 local dir = arg[1] or "tests/fuzz_seeds"
 
@@ -72,3 +73,7 @@ for name, v in pairs(functions) do
   write(name .. "_unsigned", 0, m)
 end
 write("empty", 0, "")
+-- a chunk's results: an array with n, as lmp__encode_range makes them (here through a table)
+write("range_ints", 2, core.encode(setmetatable(ints, nil)))
+write("range_mixed", 2, core.encode({ 1, "two", { 3 }, 4.5, n = 4 }))
+write("range_fn", 3, core.encode({ function() return 1 end, 2, n = 2 }))
