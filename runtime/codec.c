@@ -35,27 +35,31 @@
 static unsigned char key[LMP_CODEC_KEY_BYTES];
 static int have_key;
 
-/* Makes the key from the kernel's random source, once. */
-static void init_key(void) {
-  if (have_key) return;
-  if (sodium_init() < 0) abort(); /* libsodium cannot work at all here */
+/* Makes the key from the kernel's random source, once; -1 when libsodium cannot start (no
+** random source at all). */
+static int init_key(void) {
+  if (have_key) return 0;
+  if (sodium_init() < 0) return -1;
   randombytes_buf(key, sizeof key);
   have_key = 1;
+  return 0;
 }
 
+/* The codec module is opened (and its key made) before anything can be encoded, so the key
+** is there whenever these run; a process that could not make it never got that far. */
 const unsigned char *lmp__codec_key(void) {
-  init_key();
+  if (init_key() != 0) abort();
   return key;
 }
 
 void lmp__codec_set_key(const unsigned char *k) {
-  if (sodium_init() < 0) abort();
+  if (sodium_init() < 0) abort(); /* a spawned child, before its state exists */
   memcpy(key, k, sizeof key);
   have_key = 1;
 }
 
 void lmp__codec_mac(const void *msg, size_t n, unsigned char mac[CODEC_MAC_BYTES]) {
-  init_key();
+  if (init_key() != 0) abort();
   crypto_shorthash_siphashx24(mac, msg, (unsigned long long)n, key);
 }
 
@@ -287,8 +291,9 @@ static int l_encode(lua_State *L) {
   lmp_scratch *sc = lmp__scratch_acquire(L);
   lmp__encode_scratch(L, 1, sc, root);
   lua_pushlstring(L, sc->buf.p, sc->buf.len);
-  /* the buffer stays for the next call (until the scratch is collected), unless it is huge */
-  if (sc->buf.cap > ((size_t)16 << 20)) lmp_buf_free(&sc->buf);
+  /* the buffer stays for the next call (until the scratch is collected), unless it is big:
+  ** a big message costs a page-faulting copy anyway, and memory is not kept for it */
+  if (sc->buf.cap > ((size_t)4 << 20)) lmp_buf_free(&sc->buf);
   return 1;
 }
 
@@ -315,7 +320,9 @@ void lmp__open_codec(lua_State *L) {
                                  {"decode", l_decode},
                                  {"register_handle", l_register_handle},
                                  {NULL, NULL}};
-  init_key(); /* before any fork, so children share it */
+  if (init_key() != 0) /* before any fork, so children share it */
+    lmp_raise(L, "ProcessError", "libsodium cannot start (no random source): no key to sign "
+              "messages with");
   lmp__array_init(L);
   luaL_setfuncs(L, fns, 0);
 }
