@@ -1,6 +1,8 @@
 /*
 ** test_codec.c — unit tests of the value codec: round trips of every kind of value, error
-** paths, the handle hook, and hostile input (truncation, corruption, huge lengths, depth).
+** paths, the handle hook, and hostile input (truncation, corruption, huge lengths, depth),
+** the MAC of function-carrying messages. Everything runs twice: with direct access to table
+** layouts (codec_arr.h) and with it turned off, so the public-API paths are tested as well.
 */
 #include <math.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include <lualib.h>
 
 #include "codec.h"
+#include "codec_arr.h"
 #include "lmp.h"
 
 static int failures;
@@ -119,6 +122,75 @@ static const char *errors =
     "fails('malformed message', core.decode, 'LMP\\2\\0\\99')\n"
     "fails('unsupported message version 1', core.decode, 'LMP\\1\\0\\0')\n"
     "fails('not an lmp message', core.decode, 'xyz')\n";
+
+/* Random values of every shape (arrays with holes, numbers in bulk, mixed arrays, big hash
+** parts, shared subtables, cycles, metatables, repeated strings) round-trip with their shape
+** and identity; `same` follows identity both ways. */
+static const char *random_shapes =
+    "local function same(a, b, seen)\n"
+    "  if type(a) ~= type(b) then return false end\n"
+    "  if type(a) == 'number' then\n"
+    "    if math.type(a) ~= math.type(b) then return false end\n"
+    "    if a ~= a then return b ~= b end\n"
+    "    return a == b and (a ~= 0 or 1 / a == 1 / b)\n"
+    "  end\n"
+    "  if type(a) ~= 'table' then return a == b end\n"
+    "  if seen[a] ~= nil then return seen[a] == b end\n"
+    "  seen[a] = b\n"
+    "  local n, tkeys = 0, {}\n"
+    "  for k, v in pairs(a) do\n"
+    "    n = n + 1\n"
+    "    if type(k) == 'table' then tkeys[#tkeys + 1] = k\n"
+    "    elseif not same(v, rawget(b, k), seen) then return false end\n"
+    "  end\n"
+    "  for _, k in ipairs(tkeys) do -- after the values, which made most keys seen\n"
+    "    local kb = seen[k]\n"
+    "    if kb == nil then\n"
+    "      for k2 in pairs(b) do\n"
+    "        if type(k2) == 'table' and kb == nil and same(k, k2, seen) then kb = k2 end\n"
+    "      end\n"
+    "    end\n"
+    "    if kb == nil or not same(a[k], rawget(b, kb), seen) then return false end\n"
+    "  end\n"
+    "  for _ in pairs(b) do n = n - 1 end\n"
+    "  local ma, mb = getmetatable(a), getmetatable(b)\n"
+    "  if (ma == nil) ~= (mb == nil) then return false end\n"
+    "  return n == 0 and (ma == nil or same(ma, mb, seen))\n"
+    "end\n"
+    "for seed = 1, 40 do\n"
+    "  local x = seed\n"
+    "  local function rnd(n) x = (x * 1103515245 + 12345) % 2147483648; return x % n end\n"
+    "  local words, pool, mts, budget = {}, {}, {{}, {__index = {}}}, 3000\n"
+    "  for i = 1, 30 do words[i] = ('w'):rep(rnd(45)) .. i end\n"
+    "  local sc = {0, -1, 1.5, -0.0, 1/0, 0/0, math.mininteger, 2^53, true, false, '', 'x'}\n"
+    "  local function value(d)\n"
+    "    local r = rnd(20)\n"
+    "    budget = budget - 1\n"
+    "    if d > 6 or r < 8 or budget < 0 then\n"
+    "      if r < 3 then return sc[rnd(#sc) + 1] end\n"
+    "      if r < 6 then return words[rnd(#words) + 1] end\n"
+    "      return rnd(2) == 0 and rnd(1000000) - 500000 or rnd(100000) / 7\n"
+    "    end\n"
+    "    if r < 10 and #pool > 0 then return pool[rnd(#pool) + 1] end\n"
+    "    local t = {}; pool[#pool + 1] = t\n"
+    "    local shape = rnd(6)\n"
+    "    for i = 1, rnd(shape == 5 and 300 or 40) do\n"
+    "      if shape == 0 then t[i] = i * (rnd(2) == 0 and 1 or 0.5)\n"
+    "      elseif shape == 1 then t[i] = rnd(3) ~= 0 and rnd(100) or nil\n"
+    "      elseif shape == 2 then t[words[rnd(#words) + 1]] = value(d + 1)\n"
+    "      elseif shape == 3 then t[i] = value(d + 1)\n"
+    "      elseif shape == 4 then t[rnd(1000) + 0.5] = value(d + 1)\n"
+    "      else t['k' .. i] = i end\n"
+    "    end\n"
+    "    if rnd(4) == 0 then t.self = t end\n"
+    "    if rnd(6) == 0 then setmetatable(t, mts[rnd(#mts) + 1]) end\n"
+    "    if rnd(5) == 0 then t[pool[rnd(#pool) + 1]] = rnd(9) end\n"
+    "    return t\n"
+    "  end\n"
+    "  local v = {}\n"
+    "  for i = 1, 1 + rnd(8) do v[i] = value(0) end\n"
+    "  assert(same(v, rt(v), {}), 'seed ' .. seed)\n"
+    "end\n";
 
 static const char *handles =
     "local mt = {}\n"
@@ -382,14 +454,19 @@ static void test_big_string(lua_State *L) {
       "io.stderr:write(string.format('1e6 integers: %d bytes, %.3f s\\n', #m, os.clock() - t0))\n");
 }
 
-int main(void) {
+/* Runs every test in a fresh state, with direct table access on (when this Lua allows it)
+** or off. */
+static void run_all(int direct) {
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
   luaL_requiref(L, "lmp.core", luaopen_lmp_core, 0);
   lua_settop(L, 0);
+  int was = lmp__array_direct;
+  if (!direct) lmp__array_direct = 0;
   run(L, "prelude", prelude);
   run(L, "scalars", scalars);
   run(L, "tables", tables);
+  run(L, "random shapes", random_shapes);
   run(L, "functions", functions);
   run(L, "errors", errors);
   run(L, "handles", handles);
@@ -402,6 +479,13 @@ int main(void) {
   test_light_userdata(L);
   test_big_string(L);
   lua_close(L);
+  lmp__array_direct = was;
+}
+
+int main(void) {
+  run_all(1);
+  CHECK(lmp__array_direct == 1); /* the layout check passed on this Lua 5.4 */
+  run_all(0);
   if (failures) fprintf(stderr, "%d failure(s)\n", failures);
   else printf("test_codec: all passed\n");
   return failures != 0;
