@@ -63,6 +63,14 @@ void lmp__codec_mac(const void *msg, size_t n, unsigned char mac[CODEC_MAC_BYTES
   crypto_shorthash_siphashx24(mac, msg, (unsigned long long)n, key);
 }
 
+void lmp__codec_resign(char *msg, size_t n) {
+  const unsigned char *p = (const unsigned char *)msg;
+  if (n < CODEC_HEADER + CODEC_MAC_BYTES || p[0] != CODEC_MAGIC0 || p[1] != CODEC_MAGIC1 ||
+      p[2] != CODEC_MAGIC2 || p[3] != CODEC_VERSION || !(p[4] & CODEC_FLAG_MAC))
+    return;
+  lmp__codec_mac(msg, n - CODEC_MAC_BYTES, (unsigned char *)msg + n - CODEC_MAC_BYTES);
+}
+
 /* ---- reverse map of package.loaded ---- */
 
 static int is_ref_type(int t) {
@@ -304,6 +312,19 @@ static int l_decode(lua_State *L) {
   return 1;
 }
 
+/* core.codec_resign(msg) -> msg signed for this process (see lmp__codec_resign): for a
+** message another process made, whose origin was checked another way. */
+static int l_codec_resign(lua_State *L) {
+  size_t n;
+  const char *s = lmp_checklstring(L, 1, &n);
+  luaL_Buffer b;
+  char *p = luaL_buffinitsize(L, &b, n);
+  memcpy(p, s, n);
+  lmp__codec_resign(p, n);
+  luaL_pushresultsize(&b, n);
+  return 1;
+}
+
 /* core.register_handle(typename, fn): fn(payload, fd...) rebuilds a handle on decode. */
 static int l_register_handle(lua_State *L) {
   luaL_checkstring(L, 1);
@@ -319,6 +340,7 @@ void lmp__open_codec(lua_State *L) {
   static const luaL_Reg fns[] = {{"encode", l_encode},
                                  {"decode", l_decode},
                                  {"register_handle", l_register_handle},
+                                 {"codec_resign", l_codec_resign},
                                  {NULL, NULL}};
   if (init_key() != 0) /* before any fork, so children share it */
     lmp_raise(L, "ProcessError", "libsodium cannot start (no random source): no key to sign "

@@ -79,6 +79,10 @@ const unsigned char *lmp__codec_key(void); /* LMP_CODEC_KEY_BYTES bytes */
 void lmp__codec_set_key(const unsigned char *key);
 /* Writes the MAC of msg[0..n) under the key into mac. */
 void lmp__codec_mac(const void *msg, size_t n, unsigned char mac[CODEC_MAC_BYTES]);
+/* Signs for this process a message that was authenticated by other means (a cluster HMAC):
+** a function-carrying message (a well-formed header with the MAC flag) gets its MAC made
+** again under this process's key, so it decodes here; anything else is left as it is. */
+void lmp__codec_resign(char *msg, size_t n);
 
 /* ---- the encoder ---- */
 /* Encodes the value at idx like lmp_encode_buf, naming the root `root` in error paths. */

@@ -403,8 +403,14 @@ static void test_mac(lua_State *L) {
   other[3] ^= 0x10;
   lmp__codec_set_key(other);
   CHECK(try_decode(L, m.p, m.n) == 0);
+  char *r = malloc(m.n); /* signed again under this key (a cluster's checked message) */
+  memcpy(r, m.p, m.n);
+  lmp__codec_resign(r, m.n);
+  CHECK(try_decode(L, r, m.n) == 1);
   lmp__codec_set_key(key);
   CHECK(try_decode(L, m.p, m.n) == 1);
+  CHECK(try_decode(L, r, m.n) == 0);
+  free(r);
   char *c = malloc(m.n);
   for (size_t i = 0; i < m.n; i++) {
     static const unsigned char flips[] = {0x01, 0x80, 0xff};
