@@ -1,58 +1,74 @@
 /*
-** codec.c — module glue of the value codec: the per-process secret, the reverse map of
-** package.loaded (values sent by reference), lmp_encode and the core.encode/decode functions.
-** The format itself is described in codec.h; the encoder and decoder live in codec_enc.c and
-** codec_dec.c.
+** codec.c — module glue of the value codec: the key of the process tree and the MAC, the
+** reverse map of package.loaded (values sent by reference), lmp_encode and the core.encode/
+** decode functions. The format itself is described in codec.h; the encoder and decoder live
+** in codec_enc.c, codec_fn.c and codec_dec.c.
 ** Design notes:
-**  - Function records carry a random 64-bit secret generated once per process (inherited by
-**    forked children); the decoder never loads bytecode without it, so random or hostile bytes
-**    never reach lua_load.
+**  - A message that carries a function ends with a MAC: SipHash-2-4 with a 128-bit output
+**    (libsodium's crypto_shorthash_siphashx24) under a random 128-bit key made once per process
+**    before any fork, so children share it (spawned ones get it from process.c). The decoder
+**    checks it before reading anything, so bytecode reaches lua_load only from lmp's own
+**    channels, never from random, corrupted or foreign bytes. SipHash rather than keyed
+**    BLAKE2b: it is a PRF made for keyed hashing, and on this machine it runs at 2.4 GB/s
+**    against 0.7 GB/s (0.04 us against 0.37 us for 64 bytes).
 **  - The encoder caches, per closure (weak keys), the dumped bytecode and the global names it
 **    reads, so sending the same closure again costs no lua_dump. There is no decoder-side cache.
 **  - The reverse map (value -> module name/field) is cached in the registry and rebuilt when a
-**    fingerprint of package.loaded (entry count and identities) changes.
+**    fingerprint of package.loaded (entry count and identities) changes; a C-side set of its
+**    keys lets the encoder skip the Lua lookup for the plain data that is most of any message.
 **  - A function's `_ENV` upvalue holding a table (the globals, or a custom environment such as
 **    a sandbox or a test runner's) becomes the per-message environment on decode; the globals
 **    the function reads are captured from that table.
-** Caveats: fields added to an already-loaded module after the map was built are only seen when
+** Caveat: fields added to an already-loaded module after the map was built are only seen when
 ** package.loaded itself changes.
 */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
-#include <sys/random.h>
+
+#include <sodium.h>
 
 #include "codec.h"
+#include "codec_arr.h"
 
-/* ---- the secret ---- */
+/* ---- the key ---- */
 
-static uint64_t secret;
-static int have_secret;
+static unsigned char key[LMP_CODEC_KEY_BYTES];
+static int have_key;
 
-/* Fills the secret from the kernel's random source, with a weak fallback that still differs
-** between processes. */
-static void init_secret(void) {
-  if (have_secret) return;
-  uint64_t s = 0;
-  if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    s = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16) ^
-        (uint64_t)(uintptr_t)&s;
-  }
-  secret = s;
-  have_secret = 1;
+/* Makes the key from the kernel's random source, once; -1 when libsodium cannot start (no
+** random source at all). */
+static int init_key(void) {
+  if (have_key) return 0;
+  if (sodium_init() < 0) return -1;
+  randombytes_buf(key, sizeof key);
+  have_key = 1;
+  return 0;
 }
 
-uint64_t lmp__codec_secret(void) {
-  init_secret();
-  return secret;
+/* The codec module is opened (and its key made) before anything can be encoded, so the key
+** is there whenever these run; a process that could not make it never got that far. */
+const unsigned char *lmp__codec_key(void) {
+  if (init_key() != 0) abort();
+  return key;
 }
 
-void lmp__codec_set_secret(uint64_t s) {
-  secret = s;
-  have_secret = 1;
+void lmp__codec_set_key(const unsigned char *k) {
+  if (sodium_init() < 0) abort(); /* a spawned child, before its state exists */
+  memcpy(key, k, sizeof key);
+  have_key = 1;
+}
+
+void lmp__codec_mac(const void *msg, size_t n, unsigned char mac[CODEC_MAC_BYTES]) {
+  if (init_key() != 0) abort();
+  crypto_shorthash_siphashx24(mac, msg, (unsigned long long)n, key);
+}
+
+void lmp__codec_resign(char *msg, size_t n) {
+  const unsigned char *p = (const unsigned char *)msg;
+  if (n < CODEC_HEADER + CODEC_MAC_BYTES || p[0] != CODEC_MAGIC0 || p[1] != CODEC_MAGIC1 ||
+      p[2] != CODEC_MAGIC2 || p[3] != CODEC_VERSION || !(p[4] & CODEC_FLAG_MAC))
+    return;
+  lmp__codec_mac(msg, n - CODEC_MAC_BYTES, (unsigned char *)msg + n - CODEC_MAC_BYTES);
 }
 
 /* ---- reverse map of package.loaded ---- */
@@ -100,6 +116,28 @@ static void add_fields(lua_State *L, int rev, const char *name, size_t nlen, int
   }
 }
 
+/* Stores at map[3] (map at idx) a scratch userdata whose object map holds the address of
+** every key of the map: the set lmp__codec_revmap_set returns. */
+static void add_key_set(lua_State *L, int idx) {
+  lmp_scratch *s = lmp__scratch_push(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1);
+    int isnew;
+    if (is_ref_type(lua_type(L, -1)) &&
+        lmp__pmap_put(&s->objs, lua_topointer(L, -1), &isnew) == NULL)
+      luaL_error(L, "not enough memory");
+  }
+  lua_rawseti(L, idx, 3);
+}
+
+const lmp_pmap *lmp__codec_revmap_set(lua_State *L, int idx) {
+  lua_rawgeti(L, idx, 3);
+  lmp_scratch *s = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return &s->objs;
+}
+
 /* Builds the map (pushed) from package.loaded at idx; the globals table is left out. */
 static void build_revmap(lua_State *L, int loaded) {
   lua_newtable(L);
@@ -130,6 +168,7 @@ static void build_revmap(lua_State *L, int loaded) {
     }
   }
   lua_pop(L, 1); /* G */
+  add_key_set(L, rev);
 }
 
 /* package.loaded gets a __newindex that counts additions (require adds modules that way), so
@@ -251,10 +290,18 @@ void lmp_encode_buf(lua_State *L, int idx, lmp_buf *out, lmp_fdvec *fds) {
 
 /* ---- Lua functions ---- */
 
+/* mp.encode(v [, root]): through the state's scratch, whose buffer stays for the next call;
+** the scratch is given back (its to-be-closed slot) as the function returns. */
 static int l_encode(lua_State *L) {
   const char *root = luaL_optstring(L, 2, "value");
   luaL_checkany(L, 1);
-  encode_to_string(L, 1, root);
+  lua_settop(L, 2);
+  lmp_scratch *sc = lmp__scratch_acquire(L);
+  lmp__encode_scratch(L, 1, sc, root);
+  lua_pushlstring(L, sc->buf.p, sc->buf.len);
+  /* the buffer stays for the next call (until the scratch is collected), unless it is big:
+  ** a big message costs a page-faulting copy anyway, and memory is not kept for it */
+  if (sc->buf.cap > ((size_t)4 << 20)) lmp_buf_free(&sc->buf);
   return 1;
 }
 
@@ -262,6 +309,19 @@ static int l_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   lmp_decode(L, s, n, NULL, 0);
+  return 1;
+}
+
+/* core.codec_resign(msg) -> msg signed for this process (see lmp__codec_resign): for a
+** message another process made, whose origin was checked another way. */
+static int l_codec_resign(lua_State *L) {
+  size_t n;
+  const char *s = lmp_checklstring(L, 1, &n);
+  luaL_Buffer b;
+  char *p = luaL_buffinitsize(L, &b, n);
+  memcpy(p, s, n);
+  lmp__codec_resign(p, n);
+  luaL_pushresultsize(&b, n);
   return 1;
 }
 
@@ -276,49 +336,15 @@ static int l_register_handle(lua_State *L) {
   return 0;
 }
 
-static int l_codec_secret(lua_State *L) {
-  uint64_t s = lmp__codec_secret();
-  unsigned char b[8];
-  for (int i = 0; i < 8; i++) b[i] = (unsigned char)(s >> (8 * i));
-  lua_pushlstring(L, (const char *)b, 8);
-  return 1;
-}
-
-static int l_set_codec_secret(lua_State *L) {
-  size_t n;
-  const unsigned char *b = (const unsigned char *)luaL_checklstring(L, 1, &n);
-  luaL_argcheck(L, n == 8, 1, "must be an 8-byte string");
-  uint64_t s = 0;
-  for (int i = 0; i < 8; i++) s |= (uint64_t)b[i] << (8 * i);
-  lmp__codec_set_secret(s);
-  return 0;
-}
-
-void lmp__codec_resign(char *msg, size_t n) {
-  (void)msg;
-  (void)n; /* format 1 carries no message MAC: nothing to sign again */
-}
-
-/* codec_resign(msg) -> msg signed for this process (see lmp__codec_resign). */
-static int l_codec_resign(lua_State *L) {
-  size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
-  luaL_Buffer b;
-  char *p = luaL_buffinitsize(L, &b, n);
-  memcpy(p, s, n);
-  lmp__codec_resign(p, n);
-  luaL_pushresultsize(&b, n);
-  return 1;
-}
-
 void lmp__open_codec(lua_State *L) {
   static const luaL_Reg fns[] = {{"encode", l_encode},
                                  {"decode", l_decode},
                                  {"register_handle", l_register_handle},
-                                 {"codec_secret", l_codec_secret},
-                                 {"set_codec_secret", l_set_codec_secret},
                                  {"codec_resign", l_codec_resign},
                                  {NULL, NULL}};
-  init_secret(); /* before any fork, so children share it */
+  if (init_key() != 0) /* before any fork, so children share it */
+    lmp_raise(L, "ProcessError", "libsodium cannot start (no random source): no key to sign "
+              "messages with");
+  lmp__array_init(L);
   luaL_setfuncs(L, fns, 0);
 }

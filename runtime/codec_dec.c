@@ -1,29 +1,34 @@
 /*
 ** codec_dec.c — the decoder: lmp messages to Lua values (format in codec.h).
 ** Every byte is untrusted: each declared length is checked against the bytes that remain
-** before anything is allocated, nesting is bounded, and bytecode is only loaded from function
-** records that carry this process's secret (so arbitrary bytes never reach lua_load).
+** before anything is allocated, nesting is bounded, back references only point backwards,
+** and a message that carries functions is decoded only when its MAC matches this process
+** tree's key — checked before anything else is read — so corrupted or foreign bytes never
+** reach lua_load.
 ** Caveat: a message may name any module (T_MODREF); decoding it runs require(name).
 */
 #include <math.h>
 #include <string.h>
 
-#include "codec.h"
+#include <sodium.h>
 
-#define FEW_REFS 8
+#include "codec.h"
+#include "codec_arr.h"
+
+#define STR_CACHE 32 /* strings pushed for T_SREF, kept by offset */
 
 typedef struct dec {
   lua_State *L;
-  const unsigned char *p, *end;
+  const unsigned char *base, *p, *end; /* base: the message's first byte */
   const int *fds;
   int nfds, fdindex;
-  int refs;     /* ref id -> object beyond FEW_REFS (0 until needed) */
-  int refslot;  /* the stack slot kept for refs */
-  int few0;     /* the first of FEW_REFS stack slots for the first objects */
-  lua_Integer nref;
-  int G;        /* the receiver's globals */
-  int env;      /* the per-message environment (nil until first needed) */
+  int authentic; /* the MAC matched: function records may be loaded */
+  int refs;      /* stack slot of the kept objects: offset -> object (nil until needed) */
+  int G;   /* the receiver's globals */
+  int env; /* the per-message environment (nil until first needed) */
   int depth;
+  int strs; /* the stack slot of the string cache (nil until the first T_SREF) */
+  size_t stroff[STR_CACHE];
 } dec;
 
 static void decode_value(dec *d);
@@ -37,13 +42,14 @@ static size_t remaining(dec *d) {
   return (size_t)(d->end - d->p);
 }
 
-static int get_byte(dec *d) {
+static inline int get_byte(dec *d) {
   if (d->p >= d->end) bad(d, "truncated");
   return *d->p++;
 }
 
 /* Reads a little-endian base-128 varint of at most 64 bits. */
-static uint64_t get_varint(dec *d) {
+static inline uint64_t get_varint(dec *d) {
+  if (d->p < d->end && *d->p < 0x80) return *d->p++;
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
     int b = get_byte(d);
@@ -55,12 +61,14 @@ static uint64_t get_varint(dec *d) {
   return 0;
 }
 
-/* Reads an n-byte little-endian unsigned integer. */
-static uint64_t get_fixed(dec *d, int n) {
-  if (remaining(d) < (size_t)n) bad(d, "truncated");
-  uint64_t v = 0;
-  for (int i = 0; i < n; i++) v |= (uint64_t)d->p[i] << (8 * i);
-  d->p += n;
+static inline uint64_t le64(const unsigned char *p) {
+  uint64_t v;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(&v, p, 8);
+#else
+  v = 0;
+  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+#endif
   return v;
 }
 
@@ -80,31 +88,54 @@ static void enter(dec *d) {
   if (!lua_checkstack(d->L, 16)) bad(d, "Lua stack overflow");
 }
 
-/* Records the value on top of the stack as the next ref id. */
-/* Objects are numbered as they are made; T_REF finds them. The first FEW_REFS live in stack
-** slots (most messages have a handful of tables), the rest in a table made when needed. */
-static void set_ref(dec *d, lua_Integer id) {
+/* ---- references ---- */
+
+/* Objects whose tag carries T_KEPT are kept by the offset of their record, from the moment
+** they exist (before their contents, so cycles resolve); T_REF and UV_SHARED find them.
+** Objects nothing refers to again — most of them — cost nothing here. keep() records the
+** value on top of the stack when at is the offset of a kept record (at < 0: not kept). */
+static void keep(dec *d, lua_Integer at) {
   lua_State *L = d->L;
-  if (id <= FEW_REFS) {
-    lua_copy(L, -1, d->few0 + (int)id - 1);
-    return;
-  }
-  if (!d->refs) {
-    lua_createtable(L, 16, 0);
-    lua_replace(L, d->refslot);
-    d->refs = d->refslot;
+  if (at < 0) return;
+  if (lua_isnil(L, d->refs)) {
+    lua_createtable(L, 0, 8);
+    lua_replace(L, d->refs);
   }
   lua_pushvalue(L, -1);
-  lua_rawseti(L, d->refs, id);
+  lua_rawseti(L, d->refs, at);
 }
 
-static void add_ref(dec *d) { set_ref(d, ++d->nref); }
+/* Pushes the kept object whose record starts at offset off, before the reference at `at`. */
+static void push_ref(dec *d, uint64_t off, size_t at) {
+  lua_State *L = d->L;
+  if (off >= at || lua_isnil(L, d->refs) || lua_rawgeti(L, d->refs, (lua_Integer)off) == LUA_TNIL)
+    bad(d, "reference to an unknown object");
+}
 
-/* Pushes the object with ref id id (encoder ids start at 0). */
-static void push_ref(dec *d, uint64_t id) {
-  if (id >= (uint64_t)d->nref) bad(d, "reference to an unknown object");
-  if (id < FEW_REFS) lua_pushvalue(d->L, d->few0 + (int)id);
-  else lua_rawgeti(d->L, d->refs, (lua_Integer)id + 1);
+/* Pushes the string a T_SREF (its tag at offset at) points to: an earlier T_STR of
+** 1..CODEC_MEMO_MAX bytes, wholly before the reference. */
+static void push_sref(dec *d, size_t at) {
+  lua_State *L = d->L;
+  uint64_t off = get_varint(d);
+  if (off >= at || at - off < 3) bad(d, "bad string reference");
+  const unsigned char *q = d->base + off;
+  size_t n = q[1];
+  if (q[0] != T_STR || n < 1 || n > CODEC_MEMO_MAX || off + 2 + n > at)
+    bad(d, "bad string reference");
+  if (lua_isnil(L, d->strs)) { /* the cache: slot -> string, by offset modulo STR_CACHE */
+    lua_createtable(L, STR_CACHE, 0);
+    lua_replace(L, d->strs);
+    memset(d->stroff, 0, sizeof d->stroff); /* 0 is the header: never a string */
+  }
+  int slot = (int)(off % STR_CACHE);
+  if (d->stroff[slot] == off) {
+    lua_rawgeti(L, d->strs, slot + 1);
+    return;
+  }
+  lua_pushlstring(L, (const char *)q + 2, n);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->strs, slot + 1);
+  d->stroff[slot] = (size_t)off;
 }
 
 /* Pushes the per-message environment: captured globals over the receiver's globals. */
@@ -130,65 +161,96 @@ static void push_env(dec *d) {
 
 /* ---- tables ---- */
 
-/* Reads a table record: numbered before its contents, so references to it inside resolve;
-** the metatable is set last so filling the table triggers no metamethod. */
-/* Reads narr raw 8-byte numbers into t[1..narr] (T_TABLE_I / T_TABLE_F). */
+/* Reads narr raw 8-byte numbers into t[offset+1..offset+narr] (T_TABLE_I / T_TABLE_F):
+** straight into the array part when it covers them, else through the API. */
 static void get_number_array(dec *d, int t, uint64_t narr, int kind, lua_Integer offset) {
   lua_State *L = d->L;
   if (narr > remaining(d) / 8) bad(d, "array larger than the message");
-  const unsigned char *p = (const unsigned char *)d->p;
-  if (!lua_checkstack(L, 2)) bad(d, "Lua stack overflow");
-  for (uint64_t i = 1; i <= narr; i++, p += 8) {
-    uint64_t u;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    memcpy(&u, p, 8);
-#else
-    u = 0;
-    for (int b = 0; b < 8; b++) u |= (uint64_t)p[b] << (8 * b);
-#endif
-    if (kind == T_TABLE_I) {
-      lua_pushinteger(L, (lua_Integer)u);
-    } else {
-      lua_Number x;
-      memcpy(&x, &u, 8);
-      lua_pushnumber(L, x);
+  if (narr == 0) return;
+  const unsigned char *p = d->p;
+  lua_Unsigned asize;
+  lmp_tv *a = lmp__array(L, t, &asize);
+  if (offset >= 0 && (lua_Unsigned)offset + narr <= asize) {
+    unsigned char tt = kind == T_TABLE_I ? TV_INT : TV_FLT;
+    lmp_tv *v = a + offset;
+    for (uint64_t i = 0; i < narr; i++, p += 8) {
+      uint64_t u = le64(p);
+      memcpy(&v[i].v, &u, 8);
+      v[i].tt = tt;
     }
-    lua_rawseti(L, t, offset + (lua_Integer)i);
+  } else {
+    for (uint64_t i = 1; i <= narr; i++, p += 8) {
+      uint64_t u = le64(p);
+      if (kind == T_TABLE_I) {
+        lua_pushinteger(L, (lua_Integer)u);
+      } else {
+        lua_Number x;
+        memcpy(&x, &u, 8);
+        lua_pushnumber(L, x);
+      }
+      lua_rawseti(L, t, offset + (lua_Integer)i);
+    }
   }
   d->p += narr * 8;
 }
 
-static void decode_table(dec *d, int kind) {
-  lua_State *L = d->L;
-  enter(d);
-  uint64_t narr = get_varint(d);
-  if (narr > remaining(d)) bad(d, "array larger than the message");
-  /* preallocation is bounded by the input (each element takes a byte) and capped */
-  lua_createtable(L, narr > (1u << 24) ? (1 << 24) : (int)narr, 0);
-  int t = lua_gettop(L);
-  add_ref(d);
+/* Reads the array values of a table record into t[offset+1..offset+narr]. */
+static void get_array(dec *d, int t, uint64_t narr, int kind, lua_Integer offset) {
   if (kind != T_TABLE) {
-    get_number_array(d, t, narr, kind, 0);
-  } else {
-    for (uint64_t i = 1; i <= narr; i++) {
-      decode_value(d);
-      lua_rawseti(L, t, (lua_Integer)i);
-    }
+    get_number_array(d, t, narr, kind, offset);
+    return;
   }
-  uint64_t nhash = get_fixed(d, 4);
-  if (nhash > remaining(d) / 2) bad(d, "table larger than the message");
+  for (uint64_t i = 1; i <= narr; i++) {
+    decode_value(d);
+    lua_rawseti(d->L, t, offset + (lua_Integer)i);
+  }
+}
+
+/* Reads the counts of a table record, checked against what the message can hold. */
+static void get_counts(dec *d, int kind, uint64_t *narr, uint64_t *nhash) {
+  *narr = get_varint(d);
+  *nhash = get_varint(d);
+  uint64_t each = kind == T_TABLE ? 1 : 8;
+  if (*narr > remaining(d) / each || *nhash > (remaining(d) - *narr * each) / 2)
+    bad(d, "table larger than the message");
+}
+
+/* Reads nhash key/value pairs into the table at t. */
+static void get_pairs(dec *d, int t, uint64_t nhash) {
+  lua_State *L = d->L;
   for (uint64_t i = 0; i < nhash; i++) {
     decode_value(d);
-    if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1) &&
-                             isnan(lua_tonumber(L, -1))))
+    int kt = lua_type(L, -1);
+    if (kt == LUA_TNIL ||
+        (kt == LUA_TNUMBER && !lua_isinteger(L, -1) && isnan(lua_tonumber(L, -1))))
       bad(d, "nil or NaN table key");
     decode_value(d);
     lua_rawset(L, t);
   }
-  decode_value(d);
-  if (lua_istable(L, -1)) lua_setmetatable(L, t);
-  else if (lua_isnil(L, -1)) lua_pop(L, 1);
-  else bad(d, "metatable is not a table");
+}
+
+/* Reads a table record: sized from its counts, numbered before its contents (so references
+** to it inside resolve); the metatable is set last, so filling the table runs no
+** metamethod. */
+static void decode_table(dec *d, int tag, lua_Integer at) {
+  lua_State *L = d->L;
+  int kind = tag & ~T_WITH_MT;
+  enter(d);
+  uint64_t narr, nhash;
+  get_counts(d, kind, &narr, &nhash);
+  /* each tagged element takes a byte of input: cap what that lets a message allocate */
+  uint64_t cap = kind == T_TABLE ? (1u << 24) : (1u << 30);
+  uint64_t hcap = 1u << 24;
+  lua_createtable(L, (int)(narr < cap ? narr : cap), (int)(nhash < hcap ? nhash : hcap));
+  int t = lua_gettop(L);
+  keep(d, at);
+  get_array(d, t, narr, kind, 0);
+  get_pairs(d, t, nhash);
+  if (tag & T_WITH_MT) {
+    decode_value(d);
+    if (!lua_istable(L, -1)) bad(d, "metatable is not a table");
+    lua_setmetatable(L, t);
+  }
   d->depth--;
 }
 
@@ -212,9 +274,10 @@ static const char *chunk_reader(lua_State *L, void *ud, size_t *size) {
 /* Joins upvalue i of the function at f with upvalue n of an earlier function (by ref id). */
 static void join_upvalue(dec *d, int f, int i) {
   lua_State *L = d->L;
-  uint64_t id = get_varint(d);
+  size_t at = (size_t)(d->p - d->base);
+  uint64_t off = get_varint(d);
   int n = get_byte(d);
-  push_ref(d, id);
+  push_ref(d, off, at);
   if (lua_type(L, -1) != LUA_TFUNCTION || lua_iscfunction(L, -1))
     bad(d, "shared upvalue of something that is not a Lua function");
   if (n < 1 || lua_getupvalue(L, -1, n) == NULL) bad(d, "shared upvalue out of range");
@@ -258,19 +321,19 @@ static void decode_globals(dec *d) {
   if (more != 0) bad(d, "bad globals list");
 }
 
-/* Reads a function record; its bytecode is loaded (binary mode) only when the record carries
-** this process's secret. */
-static void decode_function(dec *d) {
+/* Reads a function record; its bytecode is loaded (binary mode) only from an authenticated
+** message. */
+static void decode_function(dec *d, lua_Integer at) {
   lua_State *L = d->L;
   enter(d);
-  if (get_fixed(d, 8) != lmp__codec_secret())
-    lmp_raise(L, "SerializationError", "function from an untrusted source");
+  if (!d->authentic) bad(d, "a function in a message without a MAC");
   chunk c;
   c.s = get_str(d, &c.n);
+  if (!lmp__dump_check(c.s, c.n)) bad(d, "malformed bytecode");
   if (lua_load(L, chunk_reader, &c, "=(lmp)", "b") != LUA_OK)
     lmp_raise(L, "SerializationError", "cannot load function: %s", lua_tostring(L, -1));
   int f = lua_gettop(L);
-  add_ref(d);
+  keep(d, at);
   decode_upvalues(d, f);
   decode_globals(d);
   d->depth--;
@@ -279,7 +342,7 @@ static void decode_function(dec *d) {
 /* ---- by-reference values and handles ---- */
 
 /* Pushes require(name)[field] (field optional) for a T_MODREF. */
-static void decode_modref(dec *d) {
+static void decode_modref(dec *d, lua_Integer at) {
   lua_State *L = d->L;
   size_t n;
   const char *s = get_str(d, &n);
@@ -293,26 +356,27 @@ static void decode_modref(dec *d) {
     lmp_raise(L, "SerializationError", "cannot load module '%s': %s",
               lua_pushlstring(L, s, mlen), msg);
   }
-  if (!nul) return;
-  if (!lua_istable(L, -1)) bad(d, "module reference into something that is not a table");
-  lua_pushlstring(L, nul + 1, n - mlen - 1);
-  if (lua_rawget(L, -2) == LUA_TNIL) {
-    const char *field = lua_pushlstring(L, nul + 1, n - mlen - 1);
-    lmp_raise(L, "SerializationError", "module '%s' has no field '%s'",
-              lua_pushlstring(L, s, mlen), field);
+  if (nul) {
+    if (!lua_istable(L, -1)) bad(d, "module reference into something that is not a table");
+    lua_pushlstring(L, nul + 1, n - mlen - 1);
+    if (lua_rawget(L, -2) == LUA_TNIL) {
+      const char *field = lua_pushlstring(L, nul + 1, n - mlen - 1);
+      lmp_raise(L, "SerializationError", "module '%s' has no field '%s'",
+                lua_pushlstring(L, s, mlen), field);
+    }
+    lua_remove(L, -2);
   }
-  lua_remove(L, -2);
+  keep(d, at);
 }
 
 /* Rebuilds a handle through the decoder registered for its type name. */
-static void decode_handle(dec *d) {
+static void decode_handle(dec *d, lua_Integer at) {
   lua_State *L = d->L;
   size_t tn, pn;
   const char *type = get_str(d, &tn);
   const char *payload = get_str(d, &pn);
   uint64_t nfds = get_varint(d);
   if (nfds > remaining(d) || !lua_checkstack(L, (int)nfds + 8)) bad(d, "too many descriptors");
-  lua_Integer id = ++d->nref; /* the encoder numbered the handle before its contents */
   lua_getfield(L, LUA_REGISTRYINDEX, CODEC_HANDLES);
   lua_pushlstring(L, type, tn);
   if (!lua_istable(L, -2) || lua_rawget(L, -2) != LUA_TFUNCTION)
@@ -330,7 +394,7 @@ static void decode_handle(dec *d) {
     }
   }
   lua_call(L, 1 + (int)nfds, 1);
-  set_ref(d, id);
+  keep(d, at);
 }
 
 /* ---- dispatch ---- */
@@ -342,7 +406,17 @@ static void decode_value(dec *d) {
   size_t n;
   const char *s;
   lua_Number x;
+  size_t here = (size_t)(d->p - d->base);
   int tag = get_byte(d);
+  lua_Integer at = -1;
+  if (tag & T_KEPT) { /* only objects are kept */
+    tag &= ~T_KEPT;
+    if ((tag & ~T_WITH_MT) != T_TABLE && (tag & ~T_WITH_MT) != T_TABLE_I &&
+        (tag & ~T_WITH_MT) != T_TABLE_F && tag != T_FUNC && tag != T_GLOBALS &&
+        tag != T_MODREF && tag != T_HANDLE)
+      bad(d, "unknown tag");
+    at = (lua_Integer)here;
+  }
   switch (tag) {
     case T_NIL: lua_pushnil(L); break;
     case T_FALSE: lua_pushboolean(L, 0); break;
@@ -352,7 +426,9 @@ static void decode_value(dec *d) {
       lua_pushinteger(L, (lua_Integer)((u >> 1) ^ (uint64_t)(-(int64_t)(u & 1))));
       break;
     case T_FLOAT:
-      u = get_fixed(d, 8);
+      if (remaining(d) < 8) bad(d, "truncated");
+      u = le64(d->p);
+      d->p += 8;
       memcpy(&x, &u, 8);
       lua_pushnumber(L, x);
       break;
@@ -360,44 +436,66 @@ static void decode_value(dec *d) {
       s = get_str(d, &n);
       lua_pushlstring(L, s, n);
       break;
+    case T_SREF: push_sref(d, here); break;
     case T_TABLE:
     case T_TABLE_I:
-    case T_TABLE_F: decode_table(d, tag); break;
-    case T_REF: push_ref(d, get_varint(d)); break;
-    case T_FUNC: decode_function(d); break;
-    case T_GLOBALS: lua_pushvalue(L, d->G); break;
-    case T_MODREF: decode_modref(d); break;
-    case T_HANDLE: decode_handle(d); break;
+    case T_TABLE_F:
+    case T_TABLE | T_WITH_MT:
+    case T_TABLE_I | T_WITH_MT:
+    case T_TABLE_F | T_WITH_MT: decode_table(d, tag, at); break;
+    case T_REF: push_ref(d, get_varint(d), here); break;
+    case T_FUNC: decode_function(d, at); break;
+    case T_GLOBALS:
+      lua_pushvalue(L, d->G);
+      keep(d, at);
+      break;
+    case T_MODREF: decode_modref(d, at); break;
+    case T_HANDLE: decode_handle(d, at); break;
     default: bad(d, "unknown tag");
   }
 }
 
-/* Checks the header, decodes the single value it frames, and insists nothing follows. */
-/* Checks the header and sets up a decoder: the per-message slots on the stack. */
+/* ---- messages ---- */
+
+/* Checks the header and the MAC, and sets up a decoder: the per-message slots on the
+** stack. */
 static void dec_init(dec *d, lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
   const unsigned char *p = (const unsigned char *)s;
   d->L = L;
   if (n < CODEC_HEADER || p[0] != CODEC_MAGIC0 || p[1] != CODEC_MAGIC1 || p[2] != CODEC_MAGIC2)
     bad(d, "not an lmp message");
-  if (p[3] != CODEC_VERSION) bad(d, "unsupported version");
-  if (p[4] & ~CODEC_FLAG_FDINDEX) bad(d, "unknown flags");
+  if (p[3] != CODEC_VERSION)
+    lmp_raise(L, "SerializationError", "unsupported message version %d (this lmp reads %d)",
+              (int)p[3], CODEC_VERSION);
+  if (p[4] & ~CODEC_FLAGS) bad(d, "unknown flags");
+  d->base = p;
   d->p = p + CODEC_HEADER;
   d->end = p + n;
+  d->authentic = 0;
+  if (p[4] & CODEC_FLAG_MAC) {
+    unsigned char mac[CODEC_MAC_BYTES];
+    if (n < CODEC_HEADER + CODEC_MAC_BYTES) bad(d, "truncated");
+    lmp__codec_mac(p, n - CODEC_MAC_BYTES, mac);
+    if (crypto_verify_16(mac, p + n - CODEC_MAC_BYTES) != 0)
+      lmp_raise(L, "SerializationError",
+                "message authentication failed: it carries functions and was not made by this "
+                "process tree (corrupted, or from an untrusted source); nothing was loaded");
+    d->end -= CODEC_MAC_BYTES;
+    d->authentic = 1;
+  }
   d->fds = fds;
   d->nfds = nfds;
   d->fdindex = p[4] & CODEC_FLAG_FDINDEX;
-  d->nref = 0;
   d->depth = 0;
   if (!lua_checkstack(L, 24)) bad(d, "Lua stack overflow");
   lua_pushnil(L);
-  d->refslot = lua_gettop(L);
-  d->refs = 0;
-  d->few0 = d->refslot + 1;
-  for (int i = 0; i < FEW_REFS; i++) lua_pushnil(L);
+  d->refs = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   d->G = lua_gettop(L);
   lua_pushnil(L);
   d->env = lua_gettop(L);
+  lua_pushnil(L);
+  d->strs = lua_gettop(L);
 }
 
 void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
@@ -415,26 +513,15 @@ lua_Integer lmp__decode_into(lua_State *L, const char *s, size_t n, int t, lua_I
   t = lua_absindex(L, t);
   int base = lua_gettop(L);
   dec_init(&d, L, s, n, NULL, 0);
-  int kind = get_byte(&d);
+  int tag = get_byte(&d);
+  int kind = tag & ~T_WITH_MT;
   if (kind != T_TABLE && kind != T_TABLE_I && kind != T_TABLE_F) bad(&d, "not an array");
   enter(&d);
-  uint64_t narr = get_varint(&d);
-  if (narr > remaining(&d)) bad(&d, "array larger than the message");
-  lua_pushnil(L); /* ref 0 is the array itself, which is never made */
-  add_ref(&d);
-  lua_pop(L, 1);
-  if (kind != T_TABLE) {
-    get_number_array(&d, t, narr, kind, offset - 1);
-  } else {
-    for (uint64_t i = 1; i <= narr; i++) {
-      decode_value(&d);
-      lua_rawseti(L, t, offset - 1 + (lua_Integer)i);
-    }
-  }
-  uint64_t nhash = get_fixed(&d, 4);
-  if (nhash > remaining(&d) / 2) bad(&d, "table larger than the message");
-  for (uint64_t i = 0; i < 2 * nhash + 1; i++) { /* the pairs (n = narr) and the metatable */
-    decode_value(&d);
+  uint64_t narr, nhash;
+  get_counts(&d, kind, &narr, &nhash);
+  get_array(&d, t, narr, kind, offset - 1);
+  for (uint64_t i = 0; i < 2 * nhash + ((tag & T_WITH_MT) != 0); i++) {
+    decode_value(&d); /* the pairs (n = narr) and the metatable */
     lua_pop(L, 1);
   }
   if (d.p != d.end) bad(&d, "trailing bytes");

@@ -1,7 +1,7 @@
 /*
 ** spawn.c — the "spawn" start method: the child is forked and at once execs a fresh lmp
 ** program in worker mode (`lmp --lmp-worker <memfd> <parent pid>`), which reads its payload,
-** package paths and codec secret from the memfd. For hosts with threads, where fork alone is
+** package paths and codec key from the memfd. For hosts with threads, where fork alone is
 ** unsafe. The spawned program starts its own children with "spawn" too.
 ** Caveat: between fork and exec only raw system calls run (a multithreaded host must not
 ** allocate there).
@@ -44,7 +44,7 @@ static const char *worker_executable(void) {
 #endif
 }
 
-/* ---- the payload memfd: secret (8 bytes LE), then parts [len u32 LE | bytes] ---- */
+/* ---- the payload memfd: the codec key (LMP_CODEC_KEY_BYTES), then parts [len u32 LE | bytes] ---- */
 
 static int put_part(int fd, const void *s, size_t n) {
   char len[4];
@@ -56,10 +56,7 @@ int lmp__spawn_payload(const char *payload, size_t n, const char *mode, const ch
                        const char *cpath) {
   int fd = memfd_create("lmp-spawn", MFD_CLOEXEC);
   if (fd < 0) return -1;
-  uint64_t secret = lmp__codec_secret();
-  char sb[8];
-  for (int i = 0; i < 8; i++) sb[i] = (char)(secret >> (8 * i));
-  if (write(fd, sb, 8) != 8 || put_part(fd, path ? path : "", path ? strlen(path) : 0) ||
+  if (write(fd, lmp__codec_key(), LMP_CODEC_KEY_BYTES) != LMP_CODEC_KEY_BYTES || put_part(fd, path ? path : "", path ? strlen(path) : 0) ||
       put_part(fd, cpath ? cpath : "", cpath ? strlen(cpath) : 0) ||
       put_part(fd, mode, strlen(mode)) || put_part(fd, payload, n)) {
     close(fd);
@@ -142,18 +139,16 @@ int lmp_worker_main(int argc, char **argv) {
   int fd = atoi(argv[2]);
   lmp__set_parent_pid((pid_t)atoi(argv[3]));
   struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size < 8) _exit(70);
+  if (fstat(fd, &st) != 0 || st.st_size < LMP_CODEC_KEY_BYTES) _exit(70);
   char *buf = malloc((size_t)st.st_size);
   if (buf == NULL || pread(fd, buf, (size_t)st.st_size, 0) != st.st_size) _exit(70);
   close(fd);
-  const char *p = buf + 8, *end = buf + st.st_size, *path, *cpath, *mode, *payload;
+  const char *p = buf + LMP_CODEC_KEY_BYTES, *end = buf + st.st_size, *path, *cpath, *mode, *payload;
   size_t np, nc, nm, n;
-  uint64_t secret = 0;
-  for (int i = 0; i < 8; i++) secret |= (uint64_t)(unsigned char)buf[i] << (8 * i);
   if (get_part(&p, end, &path, &np) || get_part(&p, end, &cpath, &nc) ||
       get_part(&p, end, &mode, &nm) || get_part(&p, end, &payload, &n))
     _exit(70);
-  lmp__codec_set_secret(secret);
+  lmp__codec_set_key((const unsigned char *)buf);
   spawn_method = 1; /* a spawned program starts its own children the same way */
   lmp__child_main(payload, n, dup_part(mode, nm), dup_part(path, np), dup_part(cpath, nc));
 }

@@ -6,7 +6,7 @@
 
 #include "lmp_int.h"
 
-/* Writes what a spawned child needs into a memfd: the codec secret, the package paths, the
+/* Writes what a spawned child needs into a memfd: the codec key, the package paths, the
 ** mode and the payload. Returns the fd (close-on-exec until the child clears it), or -1. */
 int lmp__spawn_payload(const char *payload, size_t n, const char *mode, const char *path,
                        const char *cpath);

@@ -465,6 +465,92 @@ out:close()
   }
 end
 
+-- Data: the codec against pickle ------------------------------------------------------------
+-- mp.encode / mp.decode against pickle.dumps / pickle.loads (protocol 5) on the same four
+-- values, built the same way on both sides: 100k records, a binary tree of 100k small tables,
+-- 1e6 floats, a 10 MB string. Each figure is the best of CODEC_REPS runs in one process, a
+-- full collection before each (the collector runs as it normally does while timed); sizes are
+-- the message's and the pickle's bytes.
+local CODEC_REPS = 7
+
+local CODEC_DATA = {
+  records = function()
+    local t = {}
+    for i = 1, 100000 do
+      t[i] = { id = i, name = "user" .. i, score = i * 0.5, tags = { "a", "b", "c" } }
+    end
+    return t, 100000
+  end,
+  tree = function() -- node i has children 2i+1 and 2i+2, as a heap
+    local nodes = {}
+    for i = 0, 99999 do nodes[i] = { v = i } end
+    for i = 0, 99999 do
+      nodes[i].l, nodes[i].r = nodes[2 * i + 1], nodes[2 * i + 2]
+    end
+    return nodes[0], 100000
+  end,
+  floats = function()
+    local t = {}
+    for i = 1, 1000000 do t[i] = i * 0.5 end
+    return t, 1000000
+  end,
+  string = function() return ("x"):rep(10 * 1024 * 1024), 10 * 1024 * 1024 end,
+}
+
+-- Checks a decoded value against what CODEC_DATA made.
+local CODEC_CHECK = {
+  records = function(r)
+    return #r == 100000 and r[777].name == "user777" and r[5].tags[3] == "c"
+  end,
+  tree = function(r) return r.l.r.v == 4 and r.r.l.l.v == 11 end,
+  floats = function(r) return #r == 1000000 and r[999999] == 499999.5 end,
+  string = function(r) return #r == 10 * 1024 * 1024 end,
+}
+
+-- Items per second of mp.encode (op "enc") or mp.decode ("dec") of case, and the message size.
+local function codec_rate(case, op)
+  local v, items = CODEC_DATA[case]()
+  local m = mp.encode(v)
+  assert(CODEC_CHECK[case](mp.decode(m)), case .. ": wrong round trip")
+  local best = math.huge
+  for _ = 1, CODEC_REPS do
+    collectgarbage()
+    local t0 = now()
+    local x
+    if op == "enc" then x = mp.encode(v) else x = mp.decode(m) end
+    best = math.min(best, now() - t0)
+    x = nil -- luacheck: ignore
+  end
+  return items / best, "size=" .. #m
+end
+
+local CODEC_CASES = {
+  { "records", "records/s", "100k records {id, name, score, tags = {3 strings}}" },
+  { "tree", "tables/s", "a binary tree of 100k tables {v, l, r}" },
+  { "floats", "floats/s", "1e6 floats in an array" },
+  { "string", "bytes/s", "a 10 MB string" },
+}
+for _, c in ipairs(CODEC_CASES) do
+  local case, unit, what = c[1], c[2], c[3]
+  local min = case == "string" and 0.9 or 1.5
+  for _, op in ipairs({ "enc", "dec" }) do
+    ROWS[#ROWS + 1] = {
+      name = op .. "_" .. case, py = op .. "_" .. case, unit = unit, better = "higher",
+      desc = (op == "enc" and "mp.encode" or "mp.decode") .. " vs pickle: " .. what,
+      lmp = function() return codec_rate(case, op) end,
+      checks = { { vs = "cpython", min = min } },
+      target = ("≥ %g× pickle"):format(min),
+    }
+  end
+  ROWS[#ROWS + 1] = {
+    name = "size_" .. case, py = "size_" .. case, unit = "bytes", better = "lower",
+    desc = "message size vs pickle's: " .. what,
+    lmp = function() return #mp.encode((CODEC_DATA[case]())) end,
+    checks = { { vs = "cpython", max = 1.1 } },
+    target = "≤ 1.1× pickle",
+  }
+end
+
 -- Measuring ----------------------------------------------------------------------------------
 
 -- Runs bench_cpython.py <row>; returns the figure and the rest of its line.

@@ -215,6 +215,66 @@ def row_manager_dict():
             assert d["k"] == i
         dt = time.perf_counter() - t0
     return "%.1f pairs/s us_per_call=%.1f" % (n / dt, dt / (2 * n) * 1e6)
+# ---- data: pickle (protocol 5), the twin of bench.lua's codec rows ----
+
+CODEC_REPS = 7
+
+
+def codec_records():
+    return [{"id": i, "name": "user%d" % i, "score": i * 0.5, "tags": ["a", "b", "c"]}
+            for i in range(1, 100_001)], 100_000
+
+
+def codec_tree():
+    nodes = [{"v": i} for i in range(100_000)]
+    for i, node in enumerate(nodes):
+        if 2 * i + 1 < len(nodes):
+            node["l"] = nodes[2 * i + 1]
+        if 2 * i + 2 < len(nodes):
+            node["r"] = nodes[2 * i + 2]
+    return nodes[0], 100_000
+
+
+def codec_floats():
+    return [i * 0.5 for i in range(1, 1_000_001)], 1_000_000
+
+
+def codec_string():
+    return b"x" * (10 * 1024 * 1024), 10 * 1024 * 1024
+
+
+CODEC_DATA = {"records": codec_records, "tree": codec_tree, "floats": codec_floats,
+              "string": codec_string}
+
+
+def codec_rate(case, op, unit):
+    """Items per second of pickle.dumps ("enc") or pickle.loads ("dec"): best of CODEC_REPS,
+    a full collection before each (the collector runs as it normally does while timed)."""
+    import gc
+    import pickle
+    v, items = CODEC_DATA[case]()
+    m = pickle.dumps(v, protocol=5)
+    best = float("inf")
+    for _ in range(CODEC_REPS):
+        gc.collect()
+        t0 = time.perf_counter()
+        x = pickle.dumps(v, protocol=5) if op == "enc" else pickle.loads(m)
+        best = min(best, time.perf_counter() - t0)
+        del x
+    return "%.1f %s size=%d" % (items / best, unit, len(m))
+
+
+def codec_size(case):
+    import pickle
+    return "%d bytes" % len(pickle.dumps(CODEC_DATA[case]()[0], protocol=5))
+
+
+CODEC_ROWS = {}
+for _case, _unit in (("records", "records/s"), ("tree", "tables/s"), ("floats", "floats/s"),
+                     ("string", "bytes/s")):
+    for _op in ("enc", "dec"):
+        CODEC_ROWS["%s_%s" % (_op, _case)] = (lambda c=_case, o=_op, u=_unit: codec_rate(c, o, u))
+    CODEC_ROWS["size_" + _case] = lambda c=_case: codec_size(c)
 
 
 ROWS = {
@@ -230,6 +290,7 @@ ROWS = {
     "cpu": row_cpu,
     "mem": row_mem,
     "manager_dict": row_manager_dict,
+    **CODEC_ROWS,
 }
 
 
