@@ -229,8 +229,10 @@ static int send_task(broker *b, lmp_task *t) {
   const char *argv[19] = {"XADD", K_TASKS, "*", "p", b->pool, "t", tid, "f", fid, "k", kind,
                           "o", to, "r", rt, "a", t->args, "h", (const char *)mac};
   size_t lens[19];
-  for (int i = 0; i < 19; i++) lens[i] = argv[i] == t->args ? t->arglen : strlen(argv[i]);
-  lens[18] = sizeof mac;
+  for (int i = 0; i < 16; i++) lens[i] = strlen(argv[i]);
+  lens[16] = t->arglen;
+  lens[17] = 1;
+  lens[18] = sizeof mac; /* raw bytes */
   bentry *e = calloc(1, sizeof *e);
   xadd_ud *x = malloc(sizeof *x);
   if (e == NULL || x == NULL || (e->t = t, e->id = t->id, map_put(b, e)) != 0) {

@@ -135,6 +135,14 @@ static int l_catch_sigterm(lua_State *L) {
   return 0;
 }
 
+/* ignore_sigterm(): SIGTERM does nothing to this process (the forked workers of a server that
+** drains: a SIGTERM sent to the whole process group is their supervisor's to act on). */
+static int l_ignore_sigterm(lua_State *L) {
+  (void)L;
+  signal(SIGTERM, SIG_IGN);
+  return 0;
+}
+
 static int l_sigterm_seen(lua_State *L) {
   lua_pushboolean(L, term_seen);
   return 1;
@@ -463,6 +471,7 @@ void lmp__open_loop(lua_State *L) {
                                  {"wait_event", l_wait_event},
                                  {"backend_fd", l_backend_fd},
                                  {"catch_sigterm", l_catch_sigterm},
+                                 {"ignore_sigterm", l_ignore_sigterm},
                                  {"sigterm_seen", l_sigterm_seen},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);

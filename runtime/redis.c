@@ -23,9 +23,10 @@
 
 struct lmp_redis {
   redisAsyncContext *ac;    /* NULL once hiredis let it go */
-  uv_timer_t *probe;        /* while connecting: looks for a failed connect (see probe_cb) */
+  uv_timer_t *probe;        /* looks for a failed connect or a dead socket (see probe_cb) */
   int state;                /* 0 connecting, 1 up, -1 failed */
   int closing;              /* the owner closed it */
+  int freeing;              /* inside redisAsyncFree, whose callbacks must not free this */
   int fd;                   /* owned while connected (children do not inherit it) */
   long pending;
   char err[160];
@@ -49,7 +50,7 @@ static void set_failed(lmp_redis *r, const char *why) {
 /* The struct goes once the owner has closed it, hiredis has let the context go and no reply
 ** callback is left to run. */
 static void maybe_free(lmp_redis *r) {
-  if (r->ac == NULL && r->closing && r->pending == 0) free(r);
+  if (r->ac == NULL && r->closing && r->pending == 0 && !r->freeing) free(r);
 }
 
 static void probe_closed(uv_handle_t *h) { free(h); }
@@ -61,24 +62,28 @@ static void probe_stop(lmp_redis *r) {
   r->probe = NULL;
 }
 
-/* hiredis's libuv adapter drops a poll event that comes with an error, which is how libuv
-** reports a refused TCP connect: the connect would never finish. While connecting, look at
-** the socket's error now and then, and let hiredis see it. */
+/* hiredis's libuv adapter drops a poll event that comes with an error, and libuv stops
+** watching a socket once it reported one: a refused TCP connect would never finish, and a
+** server that died with our bytes unread (a reset, not an end of file) would never be noticed
+** — a call would wait for its reply forever. So the socket is looked at now and then (every
+** 20 ms while connecting, every 100 ms once up), and an error found there is handed to hiredis,
+** which reads it and calls on_connect or on_disconnect. */
 static void probe_cb(uv_timer_t *t) {
   lmp_redis *r = t->data;
-  if (r->ac == NULL || r->state != 0) {
+  if (r->ac == NULL || r->state < 0) {
     probe_stop(r);
     return;
   }
-  struct pollfd p = {r->fd, POLLOUT, 0};
-  if (poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLHUP)))
-    redisAsyncHandleWrite(r->ac); /* hiredis reads the socket's error and calls on_connect */
+  struct pollfd p = {r->fd, r->state == 0 ? POLLOUT : POLLIN, 0};
+  if (poll(&p, 1, 0) != 1 || !(p.revents & (POLLERR | POLLHUP | POLLNVAL))) return;
+  if (r->state == 0) redisAsyncHandleWrite(r->ac);
+  else redisAsyncHandleRead(r->ac);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
   lmp_redis *r = ac->data;
-  probe_stop(r);
   if (status != REDIS_OK) {
+    probe_stop(r);
     lmp_fd_disown(r->fd);
     r->ac = NULL; /* hiredis frees a context whose connection failed */
     set_failed(r, ac->errstr);
@@ -113,7 +118,10 @@ static void on_select(lmp_redis *r, redisReply *reply, void *ud) {
     return;
   }
   if (r->state == 0) {
-    probe_stop(r);
+    if (r->probe != NULL) {
+      uv_timer_set_repeat(r->probe, 100);
+      uv_timer_again(r->probe);
+    }
     r->state = 1;
     if (r->state_cb) r->state_cb(r, 1, r->ud);
   }
@@ -181,6 +189,8 @@ lmp_redis *lmp_redis_open(uv_loop_t *loop, const char *url, lmp_redis_state_cb s
     free(r);
     return NULL;
   }
+  /* a host that vanished (no reset ever comes) is found by TCP's keep-alive probes */
+  if (!path[0]) redisEnableKeepAlive(&ac->c);
   if (redisLibuvAttach(ac, loop) != REDIS_OK) {
     *err = "cannot watch the connection";
     redisAsyncFree(ac);
@@ -237,11 +247,11 @@ void lmp_redis_close(lmp_redis *r) {
   if (ac != NULL) {
     /* pending callbacks run with NULL; a connected context then calls on_disconnect, one that
     ** never connected does not: it is let go here */
-    if (!connected) {
-      r->ac = NULL;
-      lmp_fd_disown(r->fd);
-    }
+    if (!connected) lmp_fd_disown(r->fd);
+    r->freeing = 1; /* its callbacks (on_reply, on_disconnect) run inside */
     redisAsyncFree(ac);
+    r->freeing = 0;
+    r->ac = NULL;
   }
   maybe_free(r);
 }

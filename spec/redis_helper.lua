@@ -51,6 +51,12 @@ function R.start()
     mp.sleep(0.05)
   end
   s.pid = tonumber(slurp(dir .. "/redis.pid"))
+  -- A sentinel: should this process die before R.stop (a crash, a kill), the server and the
+  -- workers go with it instead of outliving the suite.
+  assert(sh(("setsid sh -c 'while kill -0 %d 2>/dev/null && [ -d %s ]; do sleep 1; done; "
+    .. "[ -d %s ] || exit 0; for f in %s/worker*.pid; do [ -s \"$f\" ] && kill -KILL -$(cat \"$f\"); done; "
+    .. "kill -KILL %d; rm -rf %s' >/dev/null 2>&1 < /dev/null &"):format(mp.getpid(), dir, dir, dir,
+    s.pid, dir)))
   return s
 end
 
@@ -81,7 +87,7 @@ end
 
 --- Sends sig to a worker's whole process group (its supervisor and its forked workers).
 function R.signal(w, sig)
-  sh(("kill -%s -- -%d 2>/dev/null"):format(sig, w.pid))
+  sh(("kill -%s -%d 2>/dev/null"):format(sig, w.pid))
 end
 
 --- True while the worker's supervisor lives.
@@ -100,7 +106,16 @@ function R.stop(s)
   for _, w in ipairs(s.workers) do
     while R.alive(w) and mp.monotonic() < deadline do mp.sleep(0.02) end
   end
+  -- under the sanitizers a worker's report goes to its log: it fails the spec here
+  local reports = {}
+  for _, w in ipairs(s.workers) do
+    local log = slurp(w.log) or ""
+    if log:match("ERROR: AddressSanitizer") or log:match("runtime error:") then
+      reports[#reports + 1] = w.log .. ":\n" .. log
+    end
+  end
   sh("rm -rf " .. s.dir)
+  assert(#reports == 0, "a worker's sanitizer report:\n" .. table.concat(reports, "\n"))
 end
 
 --- Runs code in a child lmp with the server's address and key in LMP_SPEC_REDIS / the env.

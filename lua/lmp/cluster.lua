@@ -12,6 +12,8 @@ local M = {}
 local TASKS, GROUP, DEAD, WORKERS = "lmp:tasks", "lmp:workers", "lmp:dead", "lmp:workerset"
 local LOST = { died = -1, timeout = -2, stopped = -3, terminated = -4 } -- -1 - LOST_* (dispatch.h)
 local FN_CACHE_MAX = 4096
+local PREFETCH_S, PREFETCH_MAX = 0.05, 64 -- tasks held per process: 50 ms of work, at most 64
+local RECLAIM_EXTRA = 2 -- deliveries beyond retries + 1 for a task reclaimed from a silent worker
 
 local function key(kind, pool) return "lmp:" .. kind .. ":" .. pool end
 
@@ -110,9 +112,28 @@ end
 local Worker = {}
 Worker.__index = Worker
 
+-- Acknowledged tasks leave the stream in one XACK and one XDEL per turn of the serving loop.
 function Worker:ack(id)
-  self.wr:send("XACK", TASKS, GROUP, id)
-  self.wr:send("XDEL", TASKS, id)
+  local acks = self.acks
+  acks[#acks + 1] = id
+  if self.nrunning == 0 or #acks >= 256 then self:flush_acks() end -- idle: no batch to wait for
+end
+
+function Worker:flush_acks()
+  local acks = self.acks
+  if #acks == 0 then return end
+  self.acks = {}
+  self.wr:send("XACK", TASKS, GROUP, table.unpack(acks))
+  self.wr:send("XDEL", TASKS, table.unpack(acks))
+end
+
+-- A pool's results stream expires an hour after its pool stopped refreshing it (a parent that
+-- died): set once a minute, not with every result.
+function Worker:expire(rkey)
+  local now = mp.monotonic()
+  if (self.expiring[rkey] or 0) > now then return end
+  self.expiring[rkey] = now + 60
+  self.wr:send("EXPIRE", rkey, "3600", "NX")
 end
 
 -- Stores a task's result (the parent reads it) and then acknowledges the task: at least once.
@@ -121,7 +142,7 @@ function Worker:post(id, f, status, index, msg)
   local mac = core.cluster_mac(self.key, "result", f.p, f.t, status, tostring(index), self.name, msg)
   self.wr:send("XADD", rkey, "*", "t", f.t, "s", status, "i", tostring(index), "w", self.name,
     "m", msg, "h", mac)
-  self.wr:send("EXPIRE", rkey, "3600", "NX")
+  self:expire(rkey)
   self:ack(id)
 end
 
@@ -134,19 +155,21 @@ function Worker:refuse(id, f)
     self.wr:send("XADD", key("res", f.p), "*", "t", f.t, "s", "R", "i", "0", "w", self.name,
       "m", "refused by worker " .. self.name .. ": the task fails its HMAC check (is the "
         .. "worker's key the pool's?)", "h", "")
-    self.wr:send("EXPIRE", key("res", f.p), "3600", "NX")
+    self:expire(key("res", f.p))
   end
   self:ack(id)
 end
 
--- Whether a pool still lives (its parent refreshes a key): asked once a second per pool.
+-- Whether a pool still lives (its parent refreshes a key), and whether it has cancelled tasks
+-- to look for: asked once a second per pool.
 function Worker:alive(pool)
   local now = mp.monotonic()
   local c = self.pools[pool]
-  if c and now - c.at < 1 then return c.ok end
+  if c and now - c.at < 1 then return c.ok, c.cancels end
   local ok = self.wr:call("EXISTS", key("pool", pool)) == 1
-  self.pools[pool] = { ok = ok, at = now }
-  return ok
+  local cancels = ok and self.wr:call("SCARD", key("cancel", pool)) or 0
+  self.pools[pool] = { ok = ok, cancels = cancels, at = now }
+  return ok, cancels
 end
 
 -- The task function of a pool, checked and signed for this process's workers (cached).
@@ -168,7 +191,20 @@ function Worker:fn(pool, fnid)
 end
 
 -- What becomes of a task the local pool ran: its result, or (its worker died) another try.
+-- Runs as a pool callback: a Redis that went away is kept for the serving loop to raise.
 function Worker:finished(rec, status, msg, index)
+  local ok, err = pcall(self.settle, self, rec, status, msg, index)
+  if not ok and not self.broken then self.broken = err end
+end
+
+function Worker:settle(rec, status, msg, index)
+  -- a task's time: since it was handed to the local pool, or (that counts its wait behind
+  -- others) the gap between results times the processes, whichever is less
+  local now = mp.monotonic()
+  local took = now - rec.t0
+  if self.last_done then took = math.min(took, (now - self.last_done) * self.opts.processes) end
+  self.last_done = now
+  self.avg = self.avg and self.avg * 0.9 + took * 0.1 or took
   if status == LOST.died then -- counted by Redis's delivery counter: looked at in the main loop
     self.retry[#self.retry + 1] = rec
     return
@@ -195,7 +231,7 @@ function Worker:run(id, f)
     return
   end
   local ms = tonumber(f.o) or 0
-  local rec = { id = id, f = f, retries = tonumber(f.r) or 0 }
+  local rec = { id = id, f = f, retries = tonumber(f.r) or 0, t0 = mp.monotonic() }
   rec.res = self.pool._core:apply_raw(tonumber(f.k) or 0, fn, core.codec_resign(f.a),
     ms > 0 and ms / 1000 or nil, function(status, msg, index) self:finished(rec, status, msg, index) end)
   self.running[id] = rec
@@ -222,9 +258,13 @@ function Worker:take(entries)
     end
   end
   for pool, list in pairs(byPool) do
-    local ids = {}
-    for i, e in ipairs(list) do ids[i] = e[2].t end
-    local cancelled = self.wr:call("SMISMEMBER", key("cancel", pool), table.unpack(ids))
+    local cancelled = {}
+    local _, cancels = self:alive(pool)
+    if cancels > 0 then -- a task stopped between the worker's read and its parent's XDEL
+      local ids = {}
+      for i, e in ipairs(list) do ids[i] = e[2].t end
+      cancelled = self.wr:call("SMISMEMBER", key("cancel", pool), table.unpack(ids))
+    end
     for i, e in ipairs(list) do
       if cancelled[i] == 1 then self:ack(e[1]) else self:run(e[1], e[2]) end
     end
@@ -237,10 +277,12 @@ function Worker:deliveries(id)
   return p[1] and tonumber(p[1][4]) or 0
 end
 
--- A task that killed its worker: run again while its retries allow, else dead-lettered.
-function Worker:retry_or_bury(id, f, retries, what)
+-- A task handed out again: run while its deliveries allow (retries + 1, and extra more when it
+-- was reclaimed from a silent worker: a host that died is seldom the task's fault), else
+-- dead-lettered.
+function Worker:retry_or_bury(id, f, retries, what, extra)
   local n = self:deliveries(id)
-  if n > retries + 1 then
+  if n > retries + 1 + (extra or 0) then
     self.wr:send("XADD", DEAD, "MAXLEN", "~", "10000", "*", "p", f.p, "t", f.t, "deliveries",
       tostring(n), "worker", self.name)
     self:post(id, f, "L", 0, ("%s; delivered %d times (retries %d): moved to %s"):format(what, n,
@@ -277,7 +319,8 @@ function Worker:reclaim()
       elseif not self:alive(f.p) then
         self:ack(id)
       else
-        self:retry_or_bury(id, f, tonumber(f.r) or 0, "its worker went silent while running it")
+        self:retry_or_bury(id, f, tonumber(f.r) or 0, "its worker went silent while running it",
+          RECLAIM_EXTRA)
       end
     end
   end
@@ -313,6 +356,15 @@ function Worker:heartbeat()
   end
 end
 
+-- How many tasks to hold (running or waiting for a process): about PREFETCH_S seconds of work
+-- per process, from the average task's time — many quick tasks per read, and slow ones left in
+-- the stream for idle workers.
+function Worker:prefetch()
+  local per = 2
+  if self.avg then per = math.max(2, math.min(PREFETCH_MAX, math.floor(PREFETCH_S / self.avg))) end
+  return self.opts.processes * per
+end
+
 function Worker:serve()
   local hb_at, reclaim_at = 0, mp.monotonic() + self.opts.reclaim / 2
   while true do
@@ -320,6 +372,7 @@ function Worker:serve()
       self.draining = true
       log("%s: SIGTERM: finishing %d running task(s), taking no new ones", self.name, self.nrunning)
     end
+    if self.broken then error(self.broken, 0) end
     if self.draining and self.nrunning == 0 then break end
     local now = mp.monotonic()
     if now >= hb_at then
@@ -331,7 +384,8 @@ function Worker:serve()
       self:reclaim()
       reclaim_at = now + self.opts.reclaim / 2
     end
-    local room = self.draining and 0 or self.opts.processes * 4 - self.nrunning
+    self:flush_acks()
+    local room = self.draining and 0 or self:prefetch() - self.nrunning
     if room > 0 then
       local r = self.rd:call("XREADGROUP", "GROUP", GROUP, self.name, "COUNT", tostring(room),
         "BLOCK", self.nrunning > 0 and "5" or "200", "STREAMS", TASKS, ">")
@@ -340,6 +394,7 @@ function Worker:serve()
       core.wait_event(0.05) -- results come in meanwhile
     end
   end
+  self:flush_acks()
   self.wr:send("SREM", WORKERS, self.name)
   self.wr:call("DEL", "lmp:worker:" .. self.name)
 end
@@ -366,14 +421,20 @@ function M.worker(argv)
   local wr = core.redis(opts.url)
   pcall(wr.call, wr, "XGROUP", "CREATE", TASKS, GROUP, "$", "MKSTREAM") -- BUSYGROUP: it exists
   local self = setmetatable({ opts = opts, key = k, rd = rd, wr = wr, host = hostname(),
-    name = opts.name or (hostname() .. ":" .. mp.getpid()), pool = mp.Pool(opts.processes),
-    running = {}, nrunning = 0, retry = {}, fns = {}, nfns = 0, pools = {}, done = 0,
+    name = opts.name or (hostname() .. ":" .. mp.getpid()),
+    -- a SIGTERM to the process group (systemd's, a terminal's) is the supervisor's to act on:
+    -- its workers finish what they run, and it ends them after
+    pool = mp.Pool { processes = opts.processes,
+      initializer = function() require("lmp.core").ignore_sigterm() end },
+    running = {}, nrunning = 0, retry = {}, fns = {}, nfns = 0, pools = {}, done = 0, acks = {},
+    expiring = {},
     started = mp.time() }, Worker)
   log("%s serving %s with %d process(es)", self.name, opts.url, opts.processes)
   local served, e = pcall(self.serve, self)
   self.pool:terminate()
   if not served then
-    io.stderr:write("lmp worker: " .. tostring(e) .. "\n")
+    io.stderr:write(("lmp worker: %s: %s; exiting (its unacknowledged tasks are reclaimed by "
+      .. "other workers)\n"):format(self.name, tostring(e)))
     return 1
   end
   return 0
