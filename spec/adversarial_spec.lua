@@ -126,6 +126,81 @@ describe("adversarial: lmp --map", function()
   end)
 end)
 
+-- Stopping a call (cancel, a failing item, Ctrl-C) withdraws its queued tasks. The bound below is
+-- not a speed target: withdrawing work must never take longer than doing it (the time to run the
+-- whole call is measured in the same child), plus a generous margin for a loaded machine.
+describe("adversarial: stopping a big call", function()
+  before_each(H.setup)
+  after_each(function() H.teardown(); H.cleanup() end)
+
+  local prelude = [[
+    local mp = require "lmp"
+    local pool = mp.Pool(2)
+    local N = 100000
+    local t = {} for i = 1, N do t[i] = i end
+    local function work(x) local y = 0 for i = 1, 2000 do y = y + i end return x end
+    local t0 = mp.monotonic()
+    pool:map(work, t, 1)
+    local full = mp.monotonic() - t0
+  ]]
+
+  it("cancel() of a map_async of 100k one-item chunks takes less than running them all", function()
+    local out, err, code = H.run_lmp(prelude .. [[
+      local r = pool:map_async(work, t, 1)
+      mp.sleep(0.2)
+      local c0 = mp.monotonic()
+      assert(r:cancel(), "nothing was withdrawn")
+      print(("%.3f %.3f"):format(full, mp.monotonic() - c0))
+      pool:terminate()
+    ]], "", { timeout = 150 })
+    assert.are.equal(0, code, err)
+    local full, took = out:match("([%d.]+) ([%d.]+)")
+    assert.is_true(tonumber(took) < tonumber(full) + 2,
+      ("cancel took %s s; running every task took %s s"):format(took, full))
+  end)
+
+  it("a map of 100k one-item chunks that fails half a second in raises before the rest would have run", function()
+    -- Items fail once half a second has passed, when every chunk has been queued.
+    local out, err, code = H.run_lmp(prelude .. [[
+      local deadline = mp.time() + 0.5
+      local f0 = mp.monotonic()
+      local ok, e = pcall(pool.map, pool, function(x)
+        if mp.time() > deadline then error("late item") end
+        return work(x)
+      end, t, 1)
+      assert(not ok and e.type == "RemoteError", tostring(e))
+      print(("%.3f %.3f"):format(full, mp.monotonic() - f0))
+      pool:terminate()
+    ]], "", { timeout = 150 })
+    assert.are.equal(0, code, err)
+    local full, took = out:match("([%d.]+) ([%d.]+)")
+    assert.is_true(tonumber(took) < tonumber(full) + 2,
+      ("the error came after %s s; running every task took %s s"):format(took, full))
+  end)
+
+  it("Ctrl-C (a real SIGINT) during a map of 100k one-item chunks raises before the rest would have run", function()
+    local out, err, code = H.run_lmp(prelude .. [[
+      local sent = mp.Value("d", 0)
+      local sender = mp.Process(function(ppid, sent)
+        mp.sleep(0.5)
+        sent.value = mp.monotonic() -- CLOCK_MONOTONIC: one clock for every process
+        os.execute("kill -INT " .. ppid)
+      end, { mp.getpid(), sent })
+      sender:start()
+      local ok, e = pcall(pool.map, pool, work, t, 1)
+      local back = mp.monotonic()
+      assert(not ok and e.type == "InterruptedError", tostring(e))
+      sender:join()
+      print(("%.3f %.3f"):format(full, back - sent.value))
+      pool:terminate()
+    ]], "", { timeout = 150 })
+    assert.are.equal(0, code, err)
+    local full, took = out:match("([%d.]+) ([%d.]+)")
+    assert.is_true(tonumber(took) < tonumber(full) + 2,
+      ("InterruptedError came %s s after Ctrl-C; running every task took %s s"):format(took, full))
+  end)
+end)
+
 describe("adversarial: pool arguments", function()
   local pool
   before_each(function() H.setup(); pool = mp.Pool(1) end)
