@@ -201,6 +201,67 @@ describe("adversarial: stopping a big call", function()
   end)
 end)
 
+-- A function record carries the process's secret as a plain token, not a MAC over the record:
+-- any corruption of the bytecode after it reaches lua_load, whose binary loader trusts its input.
+describe("adversarial: mp.decode of a corrupted function record", function()
+  before_each(H.setup)
+  after_each(function() H.teardown(); H.cleanup() end)
+
+  it("never crashes the process, whichever byte is changed (each decoded function called)", function()
+    local out, err, code = H.run_lmp([[
+      local mp = require "lmp"
+      local function f(x) return x + 1 end
+      local base = mp.encode(f)
+      for i = 1, #base do
+        for _, v in ipairs({ 0, 64, 127, 255 }) do
+          local ok, g = pcall(mp.decode, base:sub(1, i - 1) .. string.char(v) .. base:sub(i + 1))
+          if ok and type(g) == "function" then
+            debug.sethook(function() error("runaway") end, "", 1000000)
+            pcall(g, 1)
+            debug.sethook()
+          end
+        end
+      end
+      print("survived")
+    ]], "", { timeout = 60 })
+    assert.are.equal(0, code, "the process died (exit status " .. code .. "): " .. (err or ""))
+    assert.are.equal("survived\n", out)
+  end)
+
+  it("does not allocate hundreds of megabytes for a 100-byte message", function()
+    -- The bytecode's constant count is set to 2^24 (each a 16-byte slot that the loader fills).
+    local out, err, code = H.run_lmp([[
+      local mp = require "lmp"
+      local function f(x) return x + 1 end
+      local msg, d = mp.encode(f), string.dump(f)
+      local at = assert(msg:find(d, 1, true), "the bytecode is not carried as string.dump makes it")
+      assert(msg:byte(at - 1) == #d, "the record's length is the byte before the bytecode")
+      local function size(s, i) -- Lua 5.4's dump varint: 7-bit groups, the last one marked
+        local x = 0
+        repeat local b = s:byte(i); x = (x << 7) | (b & 0x7f); i = i + 1 until b & 0x80 ~= 0
+        return x, i
+      end
+      local i = 31 + 1 + 1 -- the header, the upvalue count; then the source name
+      local n; n, i = size(d, i); if n > 0 then i = i + n - 1 end
+      _, i = size(d, i); _, i = size(d, i) -- linedefined, lastlinedefined
+      i = i + 3 -- numparams, is_vararg, maxstacksize
+      n, i = size(d, i); i = i + 4 * n -- the code
+      local _, kend = size(d, i)
+      local bad = d:sub(1, i - 1) .. "\x08\x00\x00\x80" .. d:sub(kend)
+      local forged = msg:sub(1, at - 2) .. string.char(#bad) .. bad .. msg:sub(at + #d)
+      local ok, e = pcall(mp.decode, forged)
+      assert(not ok and mp.iserror(e, "SerializationError"), tostring(e))
+      local hwm = io.open("/proc/self/status"):read("a"):match("VmHWM:%s+(%d+)")
+      print(#forged, hwm)
+    ]], "", { timeout = 60 })
+    assert.are.equal(0, code, err)
+    local size, hwm = out:match("(%d+)%s+(%d+)")
+    assert.is_not_nil(hwm, out .. err)
+    assert.is_true(tonumber(hwm) < 100 * 1024,
+      ("decoding a %s-byte message peaked at %s KB"):format(size, hwm))
+  end)
+end)
+
 describe("adversarial: pool arguments", function()
   local pool
   before_each(function() H.setup(); pool = mp.Pool(1) end)
