@@ -373,6 +373,15 @@ describe("adversarial: Manager misuse", function()
     assert.are.equal("TypeError", lmp_error(m.Value, m, "i", "x").type)
   end)
 
+  it("a custom type named like a manager field (address, authkey, pid) is refused, as 'dict' is", function()
+    for _, name in ipairs({ "address", "authkey", "pid" }) do
+      local ok, mm = pcall(mp.Manager, { types = { [name] = function() return {} end } })
+      if ok then mm:shutdown() end
+      assert.is_false(ok, "types." .. name .. " was accepted, and m:" .. name .. "() cannot be called")
+      assert.is_true(mp.iserror(mm, "ValueError"), tostring(mm))
+    end
+  end)
+
   it("an empty authkey is a ValueError (a string of the wrong value, not of the wrong type)", function()
     assert.are.equal("ValueError", lmp_error(mp.Manager, { authkey = "" }).type)
   end)
