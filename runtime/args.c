@@ -167,6 +167,10 @@ void lmp_checkoptions(lua_State *L, int arg, const char *const names[]) {
 
 void lmp_checknargs(lua_State *L, int max) {
   int n = lua_gettop(L);
-  if (n > max)
-    lmp_argerror(L, max + 1, "ValueError", "no such argument (takes %d, got %d)", max, n);
+  if (n <= max) return;
+  lua_Debug ar;
+  int self = lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.namewhat != NULL &&
+             strcmp(ar.namewhat, "method") == 0; /* counted without self, as the caller sees it */
+  lmp_argerror(L, max + 1, "ValueError", "no such argument (takes at most %d argument%s, got %d)",
+               max - self, max - self == 1 ? "" : "s", n - self);
 }

@@ -25,7 +25,7 @@ static int new_barrier(lua_State *L) {
   lmp_checknargs(L, 3);
   lua_Integer n = lmp_checkinteger(L, 1);
   if (n < 1 || n >= INT_MAX)
-    return lmp_argerror(L, 1, "ValueError", "parties must be >= 1, got %I", (LUAI_UACINT)n);
+    return lmp_argerror(L, 1, "ValueError", "parties must be from 1 to %d, got %I", INT_MAX - 1, (LUAI_UACINT)n);
   if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TFUNCTION)
     return lmp_typeerror(L, 2, "function or nil");
   double t = lmp_checktimeout(L, 3);

@@ -22,6 +22,9 @@ enum { F_TASK = 1, F_QUIT = 2, F_FORGET = 3, F_RESULT = 10, F_READY = 11, F_WAKE
 #define TASK_HEAD (8 + 1 + 4 + 8 + 4)
 #define RESULT_HEAD (8 + 1 + 4)
 
+/* The most arguments a task takes (errors.lua's MAX_ARGS: the parent refuses more). */
+#define LMP_MAX_ARGS 250000
+
 /* The start payload of a worker (what lmp.worker gets): u32 fd, u64 maxtasks, u64 ring address
 ** (0: none), u32 name length, the name, then the initializer's codec message. */
 #define WORKER_PAYLOAD_HEAD (4 + 8 + 8 + 4)

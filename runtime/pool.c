@@ -129,11 +129,14 @@ static void queue_push(lmp_pool *p, ptask *t, int front) {
   t->state = T_QUEUED;
   t->started = 0;
   if (front) {
+    t->qprev = NULL;
     t->t.next = (lmp_task *)p->qhead;
+    if (p->qhead) p->qhead->qprev = t;
+    else p->qtail = t;
     p->qhead = t;
-    if (!p->qtail) p->qtail = t;
   } else {
     t->t.next = NULL;
+    t->qprev = p->qtail;
     if (p->qtail) p->qtail->t.next = (lmp_task *)t;
     else p->qhead = t;
     p->qtail = t;
@@ -141,23 +144,22 @@ static void queue_push(lmp_pool *p, ptask *t, int front) {
   p->nqueued++;
 }
 
+/* Takes a queued task out of the queue wherever it is (a stopped call's: many at once). */
 static void queue_remove(lmp_pool *p, ptask *t) {
-  ptask **pp = &p->qhead, *prev = NULL;
-  while (*pp != NULL && *pp != t) prev = *pp, pp = (ptask **)&(*pp)->t.next;
-  if (*pp == NULL) return;
-  *pp = (ptask *)t->t.next;
-  if (p->qtail == t) p->qtail = prev;
+  ptask *next = (ptask *)t->t.next;
+  if (t->qprev) t->qprev->t.next = (lmp_task *)next;
+  else p->qhead = next;
+  if (next) next->qprev = t->qprev;
+  else p->qtail = t->qprev;
   t->t.next = NULL;
+  t->qprev = NULL;
   p->nqueued--;
 }
 
 static ptask *queue_pop(lmp_pool *p) {
   ptask *t = p->qhead;
   if (t == NULL) return NULL;
-  p->qhead = (ptask *)t->t.next;
-  if (p->qhead == NULL) p->qtail = NULL;
-  t->t.next = NULL;
-  p->nqueued--;
+  queue_remove(p, t);
   return t;
 }
 

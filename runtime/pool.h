@@ -49,6 +49,7 @@ typedef struct outcome {
 typedef struct ptask {
   lmp_task t;               /* first: the backends' view */
   struct ptask *cnext, *cprev; /* in its call's list of tasks not yet delivered */
+  struct ptask *qprev;      /* in the pool's queue (t.next is the way forward): O(1) removal */
   struct ptask *snext;      /* in the pool's list of settled tasks awaiting delivery */
   struct ptask *tnext, *tprev; /* in the pool's list of started tasks with a timeout */
   lmp_call *call;

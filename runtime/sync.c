@@ -144,11 +144,11 @@ void lmp__lock_release(lua_State *L, syncobj *s) {
   shm_lock *k = s->o.p;
   if (s->kind == K_RLOCK) {
     if (lmp_mutex_owner(&k->m) != lmp_tid())
-      lmp_raise(L, "ValueError", "cannot release un-acquired lock");
+      lmp_raise(L, "ValueError", "RLock:release: cannot release un-acquired lock");
     if (--k->count > 0) return;
   }
   if (lmp_mutex_unlock(&k->m) != 0)
-    lmp_raise(L, "ValueError", "semaphore or lock released too many times");
+    lmp_raise(L, "ValueError", "Lock:release: semaphore or lock released too many times");
 }
 
 /* The hot path of the Lock/RLock methods: their upvalues 1 and 2 are the two metatables, so
@@ -241,7 +241,8 @@ static int sem_new(lua_State *L, int kind) {
   lmp_checknargs(L, 1);
   lua_Integer n = lmp_optinteger(L, 1, 1);
   if (n < 0 || n > INT_MAX)
-    return lmp_argerror(L, 1, "ValueError", "initial value must be >= 0, got %I", (LUAI_UACINT)n);
+    return lmp_argerror(L, 1, "ValueError", "initial value must be from 0 to %d, got %I", INT_MAX,
+                         (LUAI_UACINT)n);
   shm_sem *m = lmp__sync_new(L, kind, sizeof(shm_sem))->o.p;
   m->value = m->max = (uint32_t)n;
   return 1;
@@ -281,12 +282,13 @@ static int l_sem_release(lua_State *L) {
   lmp_checknargs(L, 2);
   lua_Integer n = lmp_optinteger(L, 2, 1);
   if (n < 1 || n > INT_MAX)
-    return lmp_argerror(L, 2, "ValueError", "must be >= 1, got %I", (LUAI_UACINT)n);
+    return lmp_argerror(L, 2, "ValueError", "must be from 1 to %d, got %I", INT_MAX, (LUAI_UACINT)n);
   for (;;) {
     uint32_t v = __atomic_load_n(&m->value, __ATOMIC_SEQ_CST);
     if ((s->kind == K_BSEM && (uint64_t)v + (uint64_t)n > m->max) ||
         (uint64_t)v + (uint64_t)n > INT_MAX)
-      return lmp_raise(L, "ValueError", "semaphore or lock released too many times");
+      return lmp_raise(L, "ValueError", "%s:release: semaphore or lock released too many times",
+                       s->kind == K_BSEM ? "BoundedSemaphore" : "Semaphore");
     if (__atomic_compare_exchange_n(&m->value, &v, v + (uint32_t)n, 0, __ATOMIC_SEQ_CST,
                                     __ATOMIC_SEQ_CST))
       break;

@@ -152,6 +152,7 @@ void lmp_fd_close_owned_in_child(void) {
 /* ---- module functions ---- */
 
 static int l_cpu_count(lua_State *L) {
+  lmp_checknargs(L, 0);
   cpu_set_t set;
   long n = -1;
   if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
@@ -161,21 +162,25 @@ static int l_cpu_count(lua_State *L) {
 }
 
 static int l_getpid(lua_State *L) {
+  lmp_checknargs(L, 0);
   lua_pushinteger(L, getpid());
   return 1;
 }
 
 static int l_getppid(lua_State *L) {
+  lmp_checknargs(L, 0);
   lua_pushinteger(L, getppid());
   return 1;
 }
 
 static int l_time(lua_State *L) {
+  lmp_checknargs(L, 0);
   lua_pushnumber(L, lmp_now());
   return 1;
 }
 
 static int l_monotonic(lua_State *L) {
+  lmp_checknargs(L, 0);
   lua_pushnumber(L, lmp_monotonic());
   return 1;
 }

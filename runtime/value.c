@@ -521,6 +521,7 @@ static int array_len(lua_State *L) {
 
 static int array_totable(lua_State *L) {
   valobj *v = check_val(L, 1, "lmp.Array");
+  lmp_checknargs(L, 1);
   const tcinfo *t = info_of(v);
   uint64_t n = ((shm_value *)v->o.p)->n;
   lua_createtable(L, n < INT32_MAX ? (int)n : 0, 0);

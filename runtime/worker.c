@@ -225,15 +225,27 @@ typedef struct chunkrun {
   lua_Integer i; /* the item being run: the failing one when the chunk raises */
 } chunkrun;
 
+/* The count of a table of arguments: its integer n, else its length (-1: an n that is no
+** integer). Raw reads: what was decoded has no metatable. */
+static lua_Integer arg_count(lua_State *L, int t) {
+  lua_Integer n;
+  int isnum = 1;
+  if (lua_getfield(L, t, "n") == LUA_TNIL) n = (lua_Integer)lua_rawlen(L, t);
+  else n = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  return isnum ? n : -1;
+}
+
+static int bad_count(lua_State *L) { return luaL_error(L, "the task's args.n is out of range"); }
+
 /* Protected (stack: fn args chunkrun): runs fn over args[1..n] into a new table {n = n} left
 ** on the stack. One protected call for the whole chunk, not one per item. */
 static int pchunk(lua_State *L) {
   chunkrun *c = lua_touserdata(L, 3);
   lua_settop(L, 2);
   int fn = 1, args = 2;
-  lua_Integer n = (lua_getfield(L, args, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
-                                                               : luaL_len(L, args);
-  lua_pop(L, 1);
+  lua_Integer n = arg_count(L, args);
+  if (n < 0 || n > INT32_MAX) return luaL_error(L, "the chunk's item count is out of range");
   lua_createtable(L, (int)n, 1);
   int res = lua_gettop(L);
   for (lua_Integer i = 1; i <= n; i++) {
@@ -244,9 +256,8 @@ static int pchunk(lua_State *L) {
     if (c->kind == K_STARMAP) {
       int t = lua_gettop(L);
       if (!lua_istable(L, t)) return luaL_error(L, "starmap: each item must be a table of arguments");
-      lua_Integer m = (lua_getfield(L, t, "n") == LUA_TNUMBER) ? lua_tointeger(L, -1)
-                                                               : luaL_len(L, t);
-      lua_pop(L, 1);
+      lua_Integer m = arg_count(L, t);
+      if (m < 0 || m > LMP_MAX_ARGS) return luaL_error(L, "starmap: args.n out of range");
       luaL_checkstack(L, (int)m + 4, "too many arguments");
       for (lua_Integer j = 1; j <= m; j++) lua_rawgeti(L, t, j);
       lua_remove(L, t);
@@ -265,12 +276,15 @@ static int pchunk(lua_State *L) {
 static int run_task(lua_State *L, int kind, uint32_t *index) {
   int fn = 2, args = 3;
   if (kind == K_APPLY) {
-    int n = (int)(lua_getfield(L, args, "n") == LUA_TNUMBER ? lua_tointeger(L, -1)
-                                                             : luaL_len(L, args));
-    lua_pop(L, 1);
-    luaL_checkstack(L, n + 4, "too many arguments");
+    lua_Integer want = arg_count(L, args);
+    int n = want < 0 || want > LMP_MAX_ARGS || !lua_checkstack(L, (int)want + 4) ? -1 : (int)want;
     int base = lua_gettop(L);
-    lua_pushvalue(L, fn);
+    if (n < 0) { /* the parent checks args.n: only a message made elsewhere gets here */
+      lua_pushcfunction(L, bad_count);
+      n = 0;
+    } else {
+      lua_pushvalue(L, fn);
+    }
     for (int i = 1; i <= n; i++) lua_rawgeti(L, args, i);
     int st = lua_pcall(L, n, LUA_MULTRET, 1);
     if (st == LUA_ERRMEM) memory_error(L, "a task");

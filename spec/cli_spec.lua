@@ -59,7 +59,7 @@ describe("the lmp executable", function()
   it("prints an lmp error object readably", function()
     local _, err, code = sh(LMP .. [[ -e "require('lmp').Pool(0)"]])
     assert.are.equal(1, code)
-    assert.matches("ValueError: Pool: processes must be an integer >= 1", err)
+    assert.matches("ValueError: Pool: processes must be an integer from 1 to 4096", err)
   end)
 
   it("reads the script from stdin with - (and when stdin is not a terminal)", function()

@@ -181,7 +181,7 @@ describe("codec", function()
 
   it("names the path of what cannot be sent", function()
     local co = coroutine.create(print)
-    local err = serialization_error(mp.encode, {1, {conf = {cb = co}}}, "args")
+    local err = serialization_error(mp.core.encode, {1, {conf = {cb = co}}}, "args") -- the root named
     assert.are.equal("args[2].conf.cb: cannot send a thread", err.message)
     err = serialization_error(mp.encode, {a = {co = co}})
     assert.are.equal("value.a.co: cannot send a thread", err.message)

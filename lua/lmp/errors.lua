@@ -117,4 +117,43 @@ function M.check_nargs(n, max, fname, level)
   end
 end
 
+--- v as an integer from min to max (max optional): a number with an integral value (2.0 is 2,
+--- as Lua's own libraries take it); TypeError for a non-number, ValueError otherwise.
+function M.integer(v, fname, what, min, max, level)
+  local i = type(v) == "number" and math.tointeger(v)
+  if i and i >= min and (max == nil or i <= max) then return i end
+  local range = max and ("from %d to %d"):format(min, max) or (">= %d"):format(min)
+  error(M.new(type(v) == "number" and "ValueError" or "TypeError", ("%s: %s must be an integer %s, got %s")
+    :format(fname, what, range, M.describe(v))), 3 + (level or 0))
+end
+
+--- The most arguments a task or a process takes (the Lua stack of the worker must hold them).
+M.MAX_ARGS = 250000
+
+--- The length of a sequence t given to lmp (args, a map's seq): t.n when set — an integer from
+--- 0 to max (default M.MAX_ARGS), else a ValueError naming what — or #t. A table with a
+--- metatable (a Manager list proxy, a class instance) is read through it: the second result is
+--- then a plain copy of its items 1..n, else t itself.
+function M.sequence(t, fname, what, max, level)
+  local n = rawget(t, "n")
+  max = max or M.MAX_ARGS
+  if n ~= nil then
+    local i = type(n) == "number" and math.tointeger(n)
+    if not i or i < 0 or i > max then
+      error(M.new("ValueError", ("%s: %s.n must be an integer from 0 to %d, got %s"):format(fname,
+        what, max, M.describe(n))), 3 + (level or 0))
+    end
+    n = i
+  end
+  if getmetatable(t) == nil then return n or #t, t end
+  n = n or #t
+  if math.type(n) ~= "integer" or n < 0 or n > max then
+    error(M.new("ValueError", ("%s: the length of %s must be an integer from 0 to %d, got %s")
+      :format(fname, what, max, M.describe(n))), 3 + (level or 0))
+  end
+  local copy = { n = n }
+  for i = 1, n do copy[i] = t[i] end
+  return n, copy
+end
+
 return M

@@ -16,8 +16,12 @@ mp.Error = errors.Error
 mp.iserror = errors.iserror
 
 -- Codec ------------------------------------------------------------------------------------
-function mp.encode(v, root) return core.encode(v, root) end
-function mp.decode(s)
+function mp.encode(v, ...)
+  if select("#", ...) > 0 then errors.check_nargs(1 + select("#", ...), 1, "encode") end
+  return core.encode(v)
+end
+function mp.decode(s, ...)
+  if select("#", ...) > 0 then errors.check_nargs(1 + select("#", ...), 1, "decode") end
   if type(s) ~= "string" then errors.typeerror("decode", "the message", "a string", s) end
   return core.decode(s)
 end
@@ -37,7 +41,8 @@ mp.monotonic = core.monotonic
 
 --- Sleeps for seconds (fractional). In the parent the event loop runs meanwhile, so results,
 --- callbacks and child exits are handled; Ctrl-C raises InterruptedError.
-function mp.sleep(seconds)
+function mp.sleep(seconds, ...)
+  errors.check_nargs(1 + select("#", ...), 1, "sleep")
   if type(seconds) ~= "number" then errors.typeerror("sleep", "seconds", "a number", seconds) end
   if seconds ~= seconds or seconds < 0 then
     errors.argerror("sleep", 1, "non-negative number expected, got " .. tostring(seconds))

@@ -41,7 +41,8 @@ local function check_args(args, fname)
   if type(args) ~= "table" then
     errors.typeerror(fname, "args", "a table (a sequence of arguments)", args, 1)
   end
-  return args
+  local _, plain = errors.sequence(args, fname, "args", nil, 1)
+  return plain
 end
 
 -- A per-task timeout: nil or math.huge (none), else a positive number (like every timeout, a
@@ -60,13 +61,8 @@ local function check_callback(v, fname, what)
 end
 
 -- A non-number is a TypeError; a number that is not an integer >= 1, a ValueError.
-local function positive_integer(v, fname, what)
-  if type(v) ~= "number" then
-    errors.typeerror(fname, what, "an integer >= 1", v, 1)
-  elseif mtype(v) ~= "integer" or v < 1 then
-    errors.valueerror(fname, what .. " must be an integer >= 1, got " .. errors.describe(v), 1)
-  end
-  return v
+local function positive_integer(v, fname, what, max)
+  return errors.integer(v, fname, what, 1, max, 1)
 end
 
 -- mp.Pool ----------------------------------------------------------------------------------------
@@ -108,18 +104,15 @@ function M.Pool(opts, ...)
   errors.check_options(opts, "Pool", POOL_OPTIONS)
   local n = opts.processes
   if n == nil then n = core.cpu_count() end
-  positive_integer(n, "Pool", "processes")
-  if n > 4096 then errors.valueerror("Pool", "processes must be at most 4096, got " .. n) end
+  n = positive_integer(n, "Pool", "processes", 4096)
   check_callback(opts.initializer, "Pool", "initializer")
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
     errors.typeerror("Pool", "initargs", "a table", opts.initargs)
   end
   local maxtasks = opts.maxtasksperchild
-  if maxtasks ~= nil then positive_integer(maxtasks, "Pool", "maxtasksperchild") end
+  if maxtasks ~= nil then maxtasks = positive_integer(maxtasks, "Pool", "maxtasksperchild") end
   local timeout = task_timeout(opts.task_timeout, "Pool", "task_timeout")
-  local retries = opts.retries or 0
-  if mtype(retries) ~= "integer" then errors.typeerror("Pool", "retries", "an integer >= 0", retries)
-  elseif retries < 0 then errors.valueerror("Pool", "retries must be >= 0, got " .. retries) end
+  local retries = errors.integer(opts.retries or 0, "Pool", "retries", 0, 1000000)
   local init = core.encode({ initializer = opts.initializer, initargs = opts.initargs or NOARGS },
     "initializer")
   local spec = { processes = n, init = init, maxtasks = maxtasks or 0, task_timeout = timeout,
@@ -160,7 +153,9 @@ function Pool:apply_async(f, args, a, b, ...)
   if select("#", ...) > 0 then errors.check_nargs(4 + select("#", ...), 4, "apply_async") end
   if type(f) ~= "function" then check_function(f, "apply_async") end
   if args == nil then args = NOARGS
-  elseif type(args) ~= "table" then check_args(args, "apply_async") end
+  elseif type(args) ~= "table" or rawget(args, "n") ~= nil or getmetatable(args) ~= nil then
+    args = check_args(args, "apply_async")
+  end
   local callback, error_callback, timeout
   if a ~= nil or b ~= nil then
     callback, error_callback, timeout = call_opts(a, b, "apply_async")
@@ -173,6 +168,7 @@ end
 function Pool:apply(f, args, ...)
   check_self(self, "apply")
   errors.check_nargs(2 + select("#", ...), 2, "apply")
+  check_running(self, "apply")
   check_function(f, "apply")
   args = check_args(args, "apply")
   local res = self._core:apply(f, args)
@@ -191,7 +187,12 @@ local function map_opts(opts, fname, allowed)
     errors.typeerror(fname, "opts", "a chunksize or an options table", opts, 1)
   end
   errors.check_options(opts, fname, allowed or MAP_OPTIONS, 1)
-  if opts.chunksize ~= nil then positive_integer(opts.chunksize, fname, "chunksize") end
+  if opts.chunksize ~= nil then
+    local copy = {} -- the caller's table stays as it was
+    for k, v in pairs(opts) do copy[k] = v end
+    opts = copy
+    opts.chunksize = positive_integer(opts.chunksize, fname, "chunksize", math.maxinteger >> 33)
+  end
   if opts.progress ~= nil and opts.progress ~= true and opts.progress ~= false
     and type(opts.progress) ~= "function" then
     errors.typeerror(fname, "progress", "true or a function", opts.progress, 1)
@@ -199,9 +200,10 @@ local function map_opts(opts, fname, allowed)
   return opts
 end
 
+-- The length of a map's input, and the input as a plain table (see errors.sequence).
 local function seq_len(seq, fname)
   if type(seq) ~= "table" then errors.typeerror(fname, "seq", "a sequence (table)", seq, 1) end
-  return mtype(seq.n) == "integer" and seq.n or #seq
+  return errors.sequence(seq, fname, "seq", math.maxinteger >> 33, 1)
 end
 
 -- A progress reporter: the user's function, or a bar on stderr when it is a terminal.
@@ -236,20 +238,32 @@ local function default_chunksize(n, processes)
 end
 
 -- starmap's items must be tables of arguments: said in the caller, before anything runs.
-local function check_star_items(seq, n, fname)
+-- Returns seq, or a copy of it where items with a metatable are plain (never the caller's
+-- table changed).
+local function check_star_items(seq, n, fname, mine)
   for i = 1, n do
-    if type(seq[i]) ~= "table" then
-      errors.typeerror(fname, ("seq[%d]"):format(i), "a table of arguments", seq[i], 2)
+    local item = seq[i]
+    if type(item) ~= "table" then
+      errors.typeerror(fname, ("seq[%d]"):format(i), "a table of arguments", item, 2)
+    end
+    if rawget(item, "n") ~= nil or getmetatable(item) ~= nil then
+      local _, plain = errors.sequence(item, fname, ("seq[%d]"):format(i), nil, 2)
+      if plain ~= item then
+        if not mine then seq, mine = table.move(seq, 1, n, 1, { n = n }), true end
+        seq[i] = plain
+      end
     end
   end
+  return seq
 end
 
 -- Submits a map-like call: an AsyncResult whose value is the results table.
 local function submit_map(self, fname, kind, f, seq, opts, callback, error_callback)
   check_running(self, fname)
   check_function(f, fname)
-  local n = seq_len(seq, fname)
-  if kind == K_STARMAP then check_star_items(seq, n, fname) end
+  local n, plain = seq_len(seq, fname)
+  if kind == K_STARMAP then plain = check_star_items(plain, n, fname, plain ~= seq) end
+  seq = plain
   local chunksize = opts.chunksize or default_chunksize(n, self.processes)
   return self._core:map(kind, f, seq, n, chunksize, task_timeout(opts.timeout, fname, "timeout"),
     progress_fn(opts.progress), callback, error_callback)
@@ -298,18 +312,21 @@ end
 
 -- imap / imap_unordered --------------------------------------------------------------------------
 
--- An input reader over a table or an iterator function: read(k) -> count, items, first (the
--- items are items[first..first+count-1]). A table is read in place.
-local function reader(seq, fname)
+-- An input reader over a table or an iterator: read(k) -> count, items, first (the items are
+-- items[first..first+count-1]), and the total (nil for an iterator) and whether items are the
+-- input's own positions. A table is read in place (a copy when it has a metatable). An iterator
+-- is called as a generic for calls it, iter(state, control), each first value an item.
+local function reader(seq, fname, state, control)
   if type(seq) == "table" then
-    local n, pos = seq_len(seq, fname), 0
+    local n, plain = seq_len(seq, fname)
+    local pos = 0
     return function(k)
       if pos >= n then return 0 end
       local count = math.min(k, n - pos)
       local first = pos + 1
       pos = pos + count
-      return count, seq, first
-    end, n
+      return count, plain, first
+    end, n, true
   elseif type(seq) == "function" then
     -- an error of the iterator ends the input; it is raised when the loop gets there: after
     -- the items of the chunks before, the chunk it broke being dropped, as CPython does
@@ -318,17 +335,18 @@ local function reader(seq, fname)
       if finished then return 0 end
       local chunk, n = {}, 0
       for _ = 1, k do
-        local ok, v = pcall(seq)
+        local ok, v = pcall(seq, state, control)
         if not ok then
           finished = true
           return 0, nil, 1, v
         end
         if v == nil then finished = true break end
+        control = v
         n = n + 1
         chunk[n] = v
       end
       return n, chunk, 1
-    end, nil
+    end, nil, false
   end
   errors.typeerror(fname, "seq", "a sequence (table) or an iterator function", seq, 1)
 end
@@ -343,18 +361,36 @@ local function item_path_error(err, offset)
   return err
 end
 
-local function imap(self, fname, f, seq, opts, ordered, ...)
+-- The values of a generic for after f: (f, seq [, opts]), or (f, iter, state, control
+-- [, closing]) when iter is a function given with more than one value after it
+-- (`pool:imap(f, io.lines(path))`, `pool:imap(f, pairs(t))`): then no options.
+local function imap(self, fname, ordered, f, seq, opts, ...)
   check_self(self, fname)
-  errors.check_nargs(3 + select("#", ...), 3, fname, 1)
+  local state, control, closing
+  if type(seq) == "function" and select("#", ...) > 0 then
+    errors.check_nargs(3 + select("#", ...), 5, fname, 1)
+    state, control, closing = opts, ...
+    opts = nil
+  else
+    errors.check_nargs(3 + select("#", ...), 3, fname, 1)
+  end
   opts = map_opts(opts, fname)
   check_running(self, fname)
   check_function(f, fname)
-  local read, total = reader(seq, fname)
+  local read, total, inplace = reader(seq, fname, state, control)
   local chunksize = opts.chunksize or 1
   local limit = math.max(self.processes * 64, chunksize * 2) -- items added, not yet taken
   local call = self._core:imap(K_MAP, f, ordered, total,
     task_timeout(opts.timeout, fname, "timeout"), progress_fn(opts.progress))
   local exhausted, read_error = false, nil
+
+  -- the end of the input, or of the loop: the iterator's closing value is closed, as a for's
+  local function close_input()
+    local c = closing
+    closing = nil
+    local mt = c ~= nil and getmetatable(c)
+    if mt and mt.__close then mt.__close(c, nil) end
+  end
 
   local function feed()
     while not exhausted and call:outstanding() < limit do
@@ -364,20 +400,21 @@ local function imap(self, fname, f, seq, opts, ordered, ...)
         local ok, e = pcall(call.add, call, items, first, count)
         if not ok then
           call:stop()
-          error(items == seq and e or item_path_error(e, before), 0)
+          error(inplace and e or item_path_error(e, before), 0)
         end
       end
       if count == 0 or err ~= nil then
         exhausted, read_error = true, err
         call:finish()
+        close_input()
         break
       end
     end
   end
 
   -- breaking out of the loop (or dropping the iterator) stops the rest of the call's work
-  local closer = setmetatable({}, { __close = function() call:stop() end,
-                                    __gc = function() call:stop() end })
+  local closer = setmetatable({}, { __close = function() call:stop() close_input() end,
+                                    __gc = function() call:stop() close_input() end })
   local function next_item()
     local _ = closer
     while true do
@@ -403,9 +440,9 @@ local function imap(self, fname, f, seq, opts, ordered, ...)
   return next_item, nil, nil, closer
 end
 
-function Pool:imap(f, seq, opts, ...) return imap(self, "imap", f, seq, opts, true, ...) end
+function Pool:imap(f, seq, opts, ...) return imap(self, "imap", true, f, seq, opts, ...) end
 function Pool:imap_unordered(f, seq, opts, ...)
-  return imap(self, "imap_unordered", f, seq, opts, false, ...)
+  return imap(self, "imap_unordered", false, f, seq, opts, ...)
 end
 
 -- Lifecycle --------------------------------------------------------------------------------------
@@ -429,7 +466,11 @@ function Pool:join(timeout, ...)
 end
 
 --- Worker pids and queue sizes (for diagnostics and tests).
-function Pool:stats() return self._core:stats() end
+function Pool:stats(...)
+  check_self(self, "stats")
+  errors.check_nargs(select("#", ...), 0, "stats")
+  return self._core:stats()
+end
 
 Pool.__close = function(self) self._core:terminate() end
 

@@ -68,8 +68,7 @@ end
 local function pack_args(args)
   if args == nil then return { n = 0 } end
   if type(args) ~= "table" then errors.typeerror("Process", "args", "a table", args, 1) end
-  local n = args.n
-  if math.type(n) ~= "integer" then n = #args end
+  local n = errors.sequence(args, "Process", "args", nil, 1)
   local t = { n = n }
   for i = 1, n do t[i] = args[i] end
   return t
@@ -86,7 +85,10 @@ local function from_table(spec, p)
     p.name, p.daemon = spec.name, spec.daemon
     return
   end
-  if spec.run == nil then errors.valueerror("Process", "a target or a run function is required", 1) end
+  if spec.run == nil then
+    errors.check_options(spec, "Process", TARGET_OPTIONS, 1) -- a misspelt key is named first
+    errors.valueerror("Process", "a target or a run function is required", 1)
+  end
   if type(spec.run) ~= "function" then errors.typeerror("Process", "run", "a function", spec.run, 1) end
   for k, v in pairs(spec) do p[k] = v end
 end
@@ -184,8 +186,9 @@ function Process:join(timeout, ...)
   return code
 end
 
-function Process:is_alive()
+function Process:is_alive(...)
   check_open(self, "is_alive")
+  errors.check_nargs(select("#", ...), 0, "Process:is_alive")
   return rawget(self, "_started") == true and exitcode(self) == nil
 end
 
@@ -194,11 +197,18 @@ local function send_signal(p, sig, fname)
   if rawget(p, "_started") and exitcode(p) == nil then core.signal(rawget(p, "pid"), sig) end
 end
 
-function Process:terminate() send_signal(self, core.signals.SIGTERM, "terminate") end
-function Process:kill() send_signal(self, core.signals.SIGKILL, "kill") end
+function Process:terminate(...)
+  errors.check_nargs(select("#", ...), 0, "Process:terminate")
+  send_signal(self, core.signals.SIGTERM, "terminate")
+end
+function Process:kill(...)
+  errors.check_nargs(select("#", ...), 0, "Process:kill")
+  send_signal(self, core.signals.SIGKILL, "kill")
+end
 
-function Process:close()
+function Process:close(...)
   check(self, "close")
+  errors.check_nargs(select("#", ...), 0, "Process:close")
   if rawget(self, "_closed") then return end
   if rawget(self, "_started") and exitcode(self) == nil then
     errors.valueerror("Process:close",
@@ -211,7 +221,8 @@ end
 Process.__close = function(p) if rawget(p, "_started") and not rawget(p, "_closed") then p:join() end end
 
 --- The processes started here that are still running (finished ones are reaped).
-function M.active_children()
+function M.active_children(...)
+  errors.check_nargs(select("#", ...), 0, "active_children")
   local list = {}
   for p in pairs(live) do
     if exitcode(p) == nil then list[#list + 1] = p end
@@ -225,12 +236,14 @@ local function info_is_alive(self)
   return core.pid_alive(self.pid)
 end
 
-function M.current_process()
+function M.current_process(...)
+  errors.check_nargs(select("#", ...), 0, "current_process")
   return { name = identity.name, pid = core.getpid(), ident = core.getpid(),
            daemon = identity.daemon, is_alive = info_is_alive }
 end
 
-function M.parent_process()
+function M.parent_process(...)
+  errors.check_nargs(select("#", ...), 0, "parent_process")
   if not parent_identity then return nil end
   return { name = parent_identity.name, pid = parent_identity.pid, ident = parent_identity.pid,
            is_alive = info_is_alive }
