@@ -141,7 +141,7 @@ describe("Manager", function()
     it("checks its options", function()
       assert.is_true(mp.iserror(err_of(mp.Manager, { adress = "x" }), "ValueError"))
       assert.matches("unknown option 'adress'", err_of(mp.Manager, { adress = "x" }).message)
-      assert.is_true(mp.iserror(err_of(mp.Manager, { authkey = "" }), "TypeError"))
+      assert.is_true(mp.iserror(err_of(mp.Manager, { authkey = "" }), "ValueError")) -- a wrong value
       assert.is_true(mp.iserror(err_of(mp.Manager, { types = { Bad = 3 } }), "TypeError"))
       assert.is_true(mp.iserror(err_of(mp.Manager, { types = { dict = function() end } }), "ValueError"))
       assert.is_true(mp.iserror(err_of(mp.Manager, "x"), "TypeError"))
@@ -323,7 +323,7 @@ describe("Manager", function()
       a[2] = 20
       assert.are.same({ 1, 20, 3 }, a:totable())
       assert.is_true(mp.iserror(err_of(function() return a[4] end), "ValueError"))
-      assert.is_true(mp.iserror(err_of(function() a[1] = "x" end), "ValueError"))
+      assert.is_true(mp.iserror(err_of(function() a[1] = "x" end), "TypeError")) -- as mp.Array: a wrong type
       local seen = {}
       for i, x in pairs(a) do seen[i] = x end
       assert.are.same({ 1, 20, 3 }, seen)

@@ -9,10 +9,14 @@ local P = require "lmp.manager_proxy_sync"
 
 local M = {}
 
-local BUILTIN = { "dict", "list", "Namespace", "Queue", "JoinableQueue", "Lock", "RLock",
-                  "Semaphore", "BoundedSemaphore", "Event", "Condition", "Barrier", "Value",
-                  "Array" }
+-- The built-in factories and the most arguments each takes.
+local BUILTIN = { dict = 1, list = 1, Namespace = 1, Queue = 1, JoinableQueue = 1, Lock = 0,
+                  RLock = 0, Semaphore = 1, BoundedSemaphore = 1, Event = 0, Condition = 1,
+                  Barrier = 3, Value = 2, Array = 2 }
 local OPTIONS = { address = true, authkey = true, types = true }
+-- The fields of a manager object (a custom type of one of these names could not be called).
+local FIELDS = { address = true, authkey = true, pid = true, exitcode = true, _owner = true,
+                 _path = true, _dir = true, _types = true, _down = true }
 
 --- The class of manager objects. It travels by reference (a field of this module), and a
 --- manager object sent to another process is a client there, never the owner.
@@ -26,22 +30,40 @@ local function is_owner(m) return rawget(m, "_owner") == core.getpid() end
 
 local function conn(m) return (P.connection(m.address, m.authkey)) end
 
+-- A method called with '.' instead of ':' gets a TypeError, not "attempt to index"; one
+-- given more than max arguments (nil: any number) a ValueError.
+local function check_call(self, fname, max, n)
+  if getmetatable(self) ~= Manager then
+    errors.typeerror("Manager." .. fname, "self",
+      "a manager (call it with a colon: m:" .. fname .. "(...))", self, 1)
+  end
+  if max and n > max then errors.check_nargs(n, max, "Manager:" .. fname, 1) end
+end
+
 local function create(m, kind, ...)
   local c = conn(m)
   local p = c:call(0, 0, "create", kind, ...)
   return p
 end
 
-for _, kind in ipairs(BUILTIN) do
-  Manager[kind] = function(self, ...) return create(self, kind, ...) end
+for kind, max in pairs(BUILTIN) do
+  Manager[kind] = function(self, ...)
+    check_call(self, kind, max, select("#", ...))
+    return create(self, kind, ...)
+  end
 end
 
+-- A custom type's factory: its constructor is the user's function, which takes any number of
+-- arguments (as a Lua function does).
 function Manager.__index(m, k)
   local v = Manager[k]
   if v ~= nil then return v end
   local types = rawget(m, "_types")
   if types and types[k] then
-    return function(self, ...) return create(self, k, ...) end
+    return function(self, ...)
+      check_call(self, k)
+      return create(self, k, ...)
+    end
   end
 end
 
@@ -52,7 +74,8 @@ end
 
 --- Stops the server (only in the process that started it): it answers what it was asked,
 --- exits, and its socket and directory are removed. Proxies then raise ProcessError.
-function Manager:shutdown()
+function Manager:shutdown(...)
+  check_call(self, "shutdown", 0, select("#", ...))
   if not is_owner(self) then
     errors.raise("ValueError", "Manager:shutdown: only the process that started the manager can shut it down")
   end
@@ -91,7 +114,10 @@ end
 
 --- Server statistics (a debugging aid): {objects =, holds =, clients =, memory = KiB}, after
 --- a full garbage collection in the server.
-function Manager:_stats() return conn(self):call(0, 0, "stats") end
+function Manager:_stats(...)
+  check_call(self, "_stats", 0, select("#", ...))
+  return conn(self):call(0, 0, "stats")
+end
 
 -- Starting ------------------------------------------------------------------------------------
 
@@ -103,8 +129,9 @@ local function check_types(types)
     if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") then
       errors.valueerror("Manager", "type names must be identifiers, got " .. errors.describe(name), 2)
     end
-    if Manager[name] ~= nil then
-      errors.valueerror("Manager", ("the type name '%s' is taken by the manager's own methods"):format(name), 2)
+    if Manager[name] ~= nil or FIELDS[name] then
+      errors.valueerror("Manager", ("the type name '%s' is taken by the manager's own %s"):format(name,
+        FIELDS[name] and "fields" or "methods"), 2)
     end
     local new = type(spec) == "table" and spec.new or spec
     if type(new) ~= "function" then
@@ -120,6 +147,12 @@ end
 
 local counter = 0
 
+-- An authkey is a non-empty string: another type is a TypeError, "" a ValueError.
+local function check_authkey(key, fname, level)
+  if type(key) ~= "string" then errors.typeerror(fname, "authkey", "a non-empty string", key, level) end
+  if key == "" then errors.valueerror(fname, "authkey must not be empty", level) end
+end
+
 local function start(opts, ...)
   errors.check_nargs(select("#", ...) + 1, 1, "Manager", 1)
   if opts ~= nil and type(opts) ~= "table" then errors.typeerror("Manager", "opts", "a table or nil", opts, 1) end
@@ -128,9 +161,7 @@ local function start(opts, ...)
   if opts.address ~= nil and type(opts.address) ~= "string" then
     errors.typeerror("Manager", "address", "a string", opts.address, 1)
   end
-  if opts.authkey ~= nil and (type(opts.authkey) ~= "string" or opts.authkey == "") then
-    errors.typeerror("Manager", "authkey", "a non-empty string", opts.authkey, 1)
-  end
+  if opts.authkey ~= nil then check_authkey(opts.authkey, "Manager", 2) end
   local names = check_types(opts.types)
   local key = opts.authkey or core.mgr_random(32)
   local fd, address, path, dir = core.mgr_listen(opts.address)
@@ -164,9 +195,7 @@ end
 function M.connect(address, authkey, ...)
   errors.check_nargs(select("#", ...) + 2, 2, "Manager.connect", 1)
   if type(address) ~= "string" then errors.typeerror("Manager.connect", "address", "a string", address, 1) end
-  if type(authkey) ~= "string" or authkey == "" then
-    errors.typeerror("Manager.connect", "authkey", "a non-empty string", authkey, 1)
-  end
+  check_authkey(authkey, "Manager.connect", 1)
   local c, canonical = P.connection(address, authkey)
   local info = c:call(0, 0, "hello")
   local names = {}

@@ -191,11 +191,41 @@ M.repr = repr
 
 -- Classes -------------------------------------------------------------------------------------
 
---- Makes a proxy class: methods (name -> function), index(p, k) for other keys (nil: none),
---- newindex(p, k, v) (nil: assignment is an error), extra metamethods.
+--- A method of a proxy class: fn(p, ...) takes at most max arguments after self (ANY: any
+--- number) and at least min (default 0; for a value that may be nil, which must be given).
+function M.method(max, fn, min) return { max, fn, min = min or 0 } end
+M.ANY = math.huge
+
+--- The method spec s of class mt as a function: a call with '.' (self not a proxy of this
+--- class) is a TypeError, too many arguments a ValueError, too few a TypeError, each naming
+--- cname:mname. Every proxy method, built-in or custom, goes through here.
+function M.checked(mt, cname, mname, s)
+  local max, fn, min = s[1], s[2], s.min
+  local fname = cname .. ":" .. mname
+  return function(p, ...)
+    if getmetatable(p) ~= mt then
+      errors.typeerror(cname .. "." .. mname, "self",
+        ("a %s (call it with a colon: proxy:%s(...))"):format(mt.__name, mname), p)
+    end
+    local n = select("#", ...)
+    if n > max then errors.check_nargs(n, max, fname) end
+    if n < min then
+      errors.raise("TypeError", ("%s: argument #%d expected (nil is a value too), got none"):format(fname, n + 1))
+    end
+    return fn(p, ...)
+  end
+end
+
+--- Makes a proxy class: methods (name -> M.method spec), index(p, k) for other keys (nil:
+--- none), newindex(p, k, v) (nil: assignment is an error), extra metamethods. Messages name
+--- a method kind:name (`Queue:put`; custom types: `Proxy:name`).
 function M.class(kind, name, methods, index, newindex, extra)
   local mt = { __name = name, __gc = release, __eq = same, __lmp_encode = encode_proxy,
                __tostring = describe }
+  local cname = kind == "custom" and "Proxy" or kind
+  local fns = {}
+  for k, s in pairs(methods) do fns[k] = M.checked(mt, cname, k, s) end
+  methods = fns
   if index then
     mt.__index = function(p, k)
       local m = methods[k]
@@ -222,18 +252,21 @@ local function snapshot_pairs(p)
   end, p, nil
 end
 
-local function method(name) return function(p, ...) return call(p, name, ...) end end
-
-local function methods_of(names)
+-- Methods the server runs: name -> the most arguments it takes, or {max, min}.
+local function methods_of(arity)
   local t = {}
-  for _, n in ipairs(names) do t[n] = method(n) end
+  for name, n in pairs(arity) do
+    local max, min = n, 0
+    if type(n) == "table" then max, min = n[1], n[2] end
+    t[name] = M.method(max, function(p, ...) return call(p, name, ...) end, min)
+  end
   return t
 end
 
 -- dict: insertion-ordered keys, values by value, d[k] = nil deletes.
 M.class("dict", "lmp.DictProxy",
-  methods_of { "get", "keys", "values", "items", "update", "pop", "popitem", "setdefault",
-               "clear", "copy" },
+  methods_of { get = 2, keys = 0, values = 0, items = 0, update = 1, pop = 2, popitem = 0,
+               setdefault = 2, clear = 0, copy = 0 },
   function(p, k) return call(p, "getitem", k) end,
   function(p, k, v) call(p, "setitem", k, v) end,
   { __len = function(p) return call(p, "len") end, __pairs = snapshot_pairs,
@@ -246,8 +279,8 @@ M.class("dict", "lmp.DictProxy",
 
 -- list: 1-based, l[#l + 1] = v appends, ipairs reads item by item (pairs: one snapshot).
 M.class("list", "lmp.ListProxy",
-  methods_of { "append", "extend", "insert", "pop", "remove", "index", "count", "copy", "sort",
-               "reverse", "clear" },
+  methods_of { append = { 1, 1 }, extend = 1, insert = { 2, 2 }, pop = 1, remove = { 1, 1 },
+               index = { 3, 1 }, count = { 1, 1 }, copy = 0, sort = 1, reverse = 0, clear = 0 },
   function(p, k)
     if type(k) == "number" then return call(p, "getitem", k) end
   end,
@@ -292,30 +325,30 @@ end
 
 local function typed_methods(extra)
   local t = {
-    get_lock = lock_of,
-    acquire = function(p, ...) return lock_of(p):acquire(...) end,
-    release = function(p) return lock_of(p):release() end,
-    with = function(p, fn, ...)
+    get_lock = M.method(0, lock_of),
+    acquire = M.method(2, function(p, ...) return lock_of(p):acquire(...) end),
+    release = M.method(0, function(p) return lock_of(p):release() end),
+    with = M.method(M.ANY, function(p, fn, ...)
       local lock = lock_of(p)
       lock:acquire()
       local r = table.pack(pcall(fn, p, ...))
       lock:release()
       if not r[1] then error(r[2], 0) end
       return table.unpack(r, 2, r.n)
-    end,
+    end),
   }
   for k, v in pairs(extra) do t[k] = v end
   return t
 end
 
-M.class("Value", "lmp.ValueProxy", typed_methods(methods_of { "get", "set" }),
+M.class("Value", "lmp.ValueProxy", typed_methods(methods_of { get = 0, set = 1 }),
   function(p, k) if k == "value" then return call(p, "get") end end,
   function(p, k, v)
     if k ~= "value" then errors.raise("ValueError", "ValueProxy: only .value can be assigned") end
     call(p, "set", v)
   end)
 
-M.class("Array", "lmp.ArrayProxy", typed_methods(methods_of { "totable" }),
+M.class("Array", "lmp.ArrayProxy", typed_methods(methods_of { totable = 0 }),
   function(p, k)
     if type(k) == "number" then return call(p, "getitem", k) end
     if k == "value" or k == "raw" then return call(p, "get" .. k) end
@@ -336,19 +369,22 @@ M.class("Array", "lmp.ArrayProxy", typed_methods(methods_of { "totable" }),
 
 -- Custom types: the methods the server exposes for the type (asked once per process and
 -- type) run on the object in the server; p:_call(name, ...) calls one by name.
+-- Their methods take any number of arguments: they are the user's Lua functions, which take
+-- extra arguments as Lua does (`for v in it.next, it do` passes one).
 local exposed = {}  -- address .. "\0" .. kind -> set of method names
 local callers = {}  -- name -> function(self, ...)
+local custom
 
 local function caller(k)
   local f = callers[k]
   if not f then
-    f = function(self, ...) return call(self, k, ...) end
+    f = M.checked(custom, "Proxy", k, M.method(M.ANY, function(self, ...) return call(self, k, ...) end))
     callers[k] = f
   end
   return f
 end
 
-M.class("custom", "lmp.Proxy", { _call = call }, function(p, k)
+custom = M.class("custom", "lmp.Proxy", { _call = M.method(M.ANY, call, 1) }, function(p, k)
   if type(k) ~= "string" then return nil end
   local s = p[K]
   local key = s.addr .. "\0" .. s.kind

@@ -6,7 +6,7 @@
 local errors = require "lmp.errors"
 local P = require "lmp.manager_proxy"
 
-local K, call, bcall = P.K, P.call, P.bcall
+local K, call, bcall, method, ANY = P.K, P.call, P.bcall, P.method, P.ANY
 
 local function opt_block(block, fname)
   if block ~= nil and type(block) ~= "boolean" then
@@ -14,8 +14,6 @@ local function opt_block(block, fname)
   end
   return block ~= false
 end
-
-local function nargs(n, max, fname) errors.check_nargs(n, max, fname, 1) end
 
 -- Undoing a call that completed after Ctrl-C interrupted the wait for its reply.
 local function unget(q, late) call(q, "_unget", late[1]) end
@@ -35,44 +33,41 @@ local function open_queue(q, fname)
   if q[K].closed then errors.raise("ValueError", fname .. ": the queue is closed") end
 end
 
+-- Method specs (P.method): the most arguments each takes, the fewest, the function.
 local queue_m = {
-  put = function(q, v, block, timeout, ...)
-    nargs(select("#", ...) + 3, 3, "Queue:put")
+  put = method(3, function(q, v, block, timeout)
     open_queue(q, "Queue:put")
     block = opt_block(block, "Queue:put")
     return bcall(q, "put", nil, v, block, errors.timeout(timeout, "Queue:put"))
-  end,
-  get = function(q, block, timeout, ...)
-    nargs(select("#", ...) + 2, 2, "Queue:get")
+  end, 1),
+  get = method(2, function(q, block, timeout)
     open_queue(q, "Queue:get")
     block = opt_block(block, "Queue:get")
     return (bcall(q, "get", unget, block, errors.timeout(timeout, "Queue:get")))
-  end,
-  put_nowait = function(q, v, ...)
-    nargs(select("#", ...) + 1, 1, "Queue:put_nowait")
+  end),
+  put_nowait = method(1, function(q, v)
     open_queue(q, "Queue:put_nowait")
     return call(q, "put", v, false)
-  end,
-  get_nowait = function(q, ...)
-    nargs(select("#", ...), 0, "Queue:get_nowait")
+  end, 1),
+  get_nowait = method(0, function(q)
     open_queue(q, "Queue:get_nowait")
     return (call(q, "get", false))
-  end,
-  qsize = function(q) return call(q, "qsize") end,
-  empty = function(q) return call(q, "empty") end,
-  full = function(q) return call(q, "full") end,
-  close = function(q) q[K].closed = true end, -- this proxy only, like mp.Queue's close
-  _ready = function(q) return not call(q, "empty") end, -- for mp.wait
-  join_thread = function() end,
-  cancel_join_thread = function() end,
+  end),
+  qsize = method(0, function(q) return call(q, "qsize") end),
+  empty = method(0, function(q) return call(q, "empty") end),
+  full = method(0, function(q) return call(q, "full") end),
+  close = method(0, function(q) q[K].closed = true end), -- this proxy only, like mp.Queue's close
+  _ready = method(0, function(q) return not call(q, "empty") end), -- for mp.wait
+  join_thread = method(0, function() end),
+  cancel_join_thread = method(0, function() end),
 }
 P.class("Queue", "lmp.QueueProxy", queue_m)
 
 local jqueue_m = {
-  task_done = function(q) return call(q, "task_done") end,
-  join = function(q, timeout)
+  task_done = method(0, function(q) return call(q, "task_done") end),
+  join = method(1, function(q, timeout)
     return (bcall(q, "join", nil, errors.timeout(timeout, "JoinableQueue:join")))
-  end,
+  end),
 }
 for k, v in pairs(queue_m) do jqueue_m[k] = v end
 P.class("JoinableQueue", "lmp.JoinableQueueProxy", jqueue_m)
@@ -80,22 +75,18 @@ P.class("JoinableQueue", "lmp.JoinableQueueProxy", jqueue_m)
 -- Lock, RLock, Semaphore, BoundedSemaphore --------------------------------------------------
 
 local function acquire(fname)
-  return function(p, block, timeout, ...)
-    nargs(select("#", ...) + 2, 2, fname)
+  return method(2, function(p, block, timeout)
     block = opt_block(block, fname)
     return bcall(p, "acquire", unacquire, block, errors.timeout(timeout, fname))
-  end
+  end)
 end
 
 local function lock_methods(name)
   return {
     acquire = acquire(name .. ":acquire"),
-    release = function(p, ...)
-      nargs(select("#", ...), 0, name .. ":release")
-      return call(p, "release")
-    end,
-    locked = function(p) return call(p, "locked") end,
-    with = with,
+    release = method(0, function(p) return call(p, "release") end),
+    locked = method(0, function(p) return call(p, "locked") end),
+    with = method(ANY, with),
   }
 end
 P.class("Lock", "lmp.LockProxy", lock_methods("Lock"))
@@ -104,15 +95,14 @@ P.class("RLock", "lmp.RLockProxy", lock_methods("RLock"))
 local function sem_methods(name)
   return {
     acquire = acquire(name .. ":acquire"),
-    release = function(p, n, ...)
-      nargs(select("#", ...) + 1, 1, name .. ":release")
+    release = method(1, function(p, n)
       if n ~= nil and math.type(n) ~= "integer" then
         errors.typeerror(name .. ":release", "n", "an integer", n)
       end
       return call(p, "release", n)
-    end,
-    get_value = function(p) return call(p, "get_value") end,
-    with = with,
+    end),
+    get_value = method(0, function(p) return call(p, "get_value") end),
+    with = method(ANY, with),
   }
 end
 P.class("Semaphore", "lmp.SemaphoreProxy", sem_methods("Semaphore"))
@@ -121,35 +111,17 @@ P.class("BoundedSemaphore", "lmp.BoundedSemaphoreProxy", sem_methods("BoundedSem
 -- Event, Condition, Barrier -----------------------------------------------------------------
 
 P.class("Event", "lmp.EventProxy", {
-  set = function(e) return call(e, "set") end,
-  clear = function(e) return call(e, "clear") end,
-  is_set = function(e) return call(e, "is_set") end,
-  wait = function(e, timeout, ...)
-    nargs(select("#", ...) + 1, 1, "Event:wait")
+  set = method(0, function(e) return call(e, "set") end),
+  clear = method(0, function(e) return call(e, "clear") end),
+  is_set = method(0, function(e) return call(e, "is_set") end),
+  wait = method(1, function(e, timeout)
     return (bcall(e, "wait", nil, errors.timeout(timeout, "Event:wait")))
-  end,
+  end),
 })
 
-local cond_m = {
-  acquire = acquire("Condition:acquire"),
-  release = function(c) return call(c, "release") end,
-  wait = function(c, timeout, ...)
-    nargs(select("#", ...) + 1, 1, "Condition:wait")
-    return (bcall(c, "wait", nil, errors.timeout(timeout, "Condition:wait")))
-  end,
-  notify = function(c, n, ...)
-    nargs(select("#", ...) + 1, 1, "Condition:notify")
-    if n ~= nil and math.type(n) ~= "integer" then
-      errors.typeerror("Condition:notify", "n", "an integer", n)
-    end
-    return call(c, "notify", n)
-  end,
-  notify_all = function(c) return call(c, "notify_all") end,
-  with = with,
-}
 --- Waits until pred() is true (re-checked after each wake-up) or the timeout is spent;
 --- returns pred()'s last value. Called holding the lock.
-function cond_m.wait_for(c, pred, timeout)
+local function wait_for(c, pred, timeout)
   if type(pred) ~= "function" then errors.typeerror("Condition:wait_for", "pred", "a function", pred) end
   timeout = errors.timeout(timeout, "Condition:wait_for")
   local deadline = timeout and P.monotonic() + timeout
@@ -165,16 +137,33 @@ function cond_m.wait_for(c, pred, timeout)
   end
   return result
 end
-P.class("Condition", "lmp.ConditionProxy", cond_m)
+
+P.class("Condition", "lmp.ConditionProxy", {
+  acquire = acquire("Condition:acquire"),
+  release = method(0, function(c) return call(c, "release") end),
+  wait = method(1, function(c, timeout)
+    return (bcall(c, "wait", nil, errors.timeout(timeout, "Condition:wait")))
+  end),
+  wait_for = method(2, wait_for),
+  notify = method(1, function(c, n)
+    if n ~= nil and math.type(n) ~= "integer" then
+      errors.typeerror("Condition:notify", "n", "an integer", n)
+    end
+    return call(c, "notify", n)
+  end),
+  notify_all = method(0, function(c) return call(c, "notify_all") end),
+  with = method(ANY, with),
+})
 
 local barrier_fields = { parties = true, n_waiting = true, broken = true }
 P.class("Barrier", "lmp.BarrierProxy", {
-  wait = function(b, timeout, ...)
-    nargs(select("#", ...) + 1, 1, "Barrier:wait")
-    return (bcall(b, "wait", nil, errors.timeout(timeout, "Barrier:wait")))
-  end,
-  reset = function(b) return call(b, "reset") end,
-  abort = function(b) return call(b, "abort") end,
+  wait = method(1, function(b, timeout)
+    local t = errors.timeout(timeout, "Barrier:wait")
+    if t == nil and timeout ~= nil then t = false end -- no limit, not the barrier's default
+    return (bcall(b, "wait", nil, t))
+  end),
+  reset = method(0, function(b) return call(b, "reset") end),
+  abort = method(0, function(b) return call(b, "abort") end),
 }, function(b, k)
   if barrier_fields[k] then return call(b, "field", k) end
 end)

@@ -281,6 +281,7 @@ return function(S)
       if action ~= nil and type(action) ~= "function" then
         errors.typeerror("Manager:Barrier", "action", "a function", action)
       end
+      timeout = errors.timeout(timeout, "Manager:Barrier", "timeout")
       return { parties = parties, action = action, timeout = timeout, waiting = {}, count = 0, broken = false }
     end,
     methods = {
@@ -299,7 +300,7 @@ return function(S)
           return index
         end
         block_ok(ctx)
-        if timeout == nil then timeout = b.timeout end
+        if timeout == nil then timeout = b.timeout elseif timeout == false then timeout = nil end
         if timeout == 0 then
           break_barrier(b)
           error(broken_error())

@@ -336,14 +336,19 @@ return function(S)
     return tc
   end
 
-  --- The value v stored under typecode tc, or ValueError naming it and the range.
+  -- The error of a value that cannot be stored, as mp.Value's: TypeError for a wrong type,
+  -- ValueError for a wrong value of the right type.
+  local function bad(etype, what, expected, tc, v)
+    errors.raise(etype, ("%s: %s expected for typecode '%s', got %s"):format(what, expected, tc, errors.describe(v)))
+  end
+
+  --- The value v stored under typecode tc, or the error naming it (and the range).
   local function typed(tc, v, what)
     local r = RANGES[tc]
     if r then
-      local i = math.type(v) == "integer" and v or (type(v) == "number" and math.tointeger(v))
-      if not i then
-        errors.raise("ValueError", ("%s: integer expected for typecode '%s', got %s"):format(what, tc, errors.describe(v)))
-      end
+      if type(v) ~= "number" then bad("TypeError", what, "integer", tc, v) end
+      local i = math.type(v) == "integer" and v or math.tointeger(v)
+      if not i then bad("ValueError", what, "integer", tc, v) end
       if i < r[1] or i > r[2] then
         errors.raise("ValueError", ("%s: %d out of range for typecode '%s' (%d..%d)"):format(what, i, tc, r[1], r[2]))
       end
@@ -351,11 +356,10 @@ return function(S)
     elseif tc == "c" then
       if type(v) == "string" and #v == 1 then return v end
       if math.type(v) == "integer" and v >= 0 and v <= 255 then return string.char(v) end
-      errors.raise("ValueError", ("%s: a one-byte string or 0..255 expected for typecode 'c', got %s"):format(what, errors.describe(v)))
+      bad((type(v) == "string" or type(v) == "number") and "ValueError" or "TypeError", what,
+        "a one-byte string or 0..255", tc, v)
     end
-    if type(v) ~= "number" then
-      errors.raise("ValueError", ("%s: number expected for typecode '%s', got %s"):format(what, tc, errors.describe(v)))
-    end
+    if type(v) ~= "number" then bad("TypeError", what, "number", tc, v) end
     if tc == "f" then return (string.unpack("<f", string.pack("<f", v))) end
     return v + 0.0
   end
