@@ -563,6 +563,8 @@ static void make_class(lua_State *L, const char *name, lua_CFunction index,
     lua_pushnil(L);
     lua_setfield(L, -2, "totable");
   }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__methods"); /* what REPL completion offers (it never calls __index) */
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, index, 2); /* upvalues: methods, metatable */
   lua_setfield(L, -2, "__index");

@@ -36,6 +36,8 @@ for _, kind in ipairs(BUILTIN) do
   Manager[kind] = function(self, ...) return create(self, kind, ...) end
 end
 
+Manager.__methods = Manager -- what REPL completion offers (it never calls __index)
+
 function Manager.__index(m, k)
   local v = Manager[k]
   if v ~= nil then return v end

@@ -95,7 +95,7 @@ end
 -- A block of several records takes a slot of the board, where its worker posts the record it
 -- is running (cleared here, before the task can start); a record alone needs none.
 function Run:take_slot(rec)
-  if rec.n == 1 or rec.slot then return end
+  if rec.n == 1 or rec.slot or not self.board then return end
   local slot = table.remove(self.free_slots)
   if not slot then return end -- cannot happen (the window bounds the blocks in flight)
   self.board[2 * slot - 1], self.board[2 * slot] = 0, 0
@@ -421,7 +421,10 @@ local function execute(o)
     out:close()
     return 2
   end
-  local board = mp.RawArray("d", 2 * window_of(o))
+  -- Without shared memory for the board (a file-size limit below the arena's size), the record
+  -- a dead block's worker was running cannot be told: every record of the block runs again.
+  local has_board, board = pcall(mp.RawArray, "d", 2 * window_of(o))
+  if not has_board then board = nil end
   local pool, why = start_pool(o, board)
   if not pool then
     say("the script cannot start in a worker:\n%s", why)
