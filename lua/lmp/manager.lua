@@ -18,6 +18,7 @@ local OPTIONS = { address = true, authkey = true, types = true }
 --- manager object sent to another process is a client there, never the owner.
 local Manager = { __name = "lmp.Manager" }
 M.ManagerClass = Manager
+Manager.__methods = Manager -- what REPL completion offers (it never calls __index)
 
 local owners = setmetatable({}, { __mode = "v" }) -- address -> the manager started here
 P.owners = owners
@@ -35,8 +36,6 @@ end
 for _, kind in ipairs(BUILTIN) do
   Manager[kind] = function(self, ...) return create(self, kind, ...) end
 end
-
-Manager.__methods = Manager -- what REPL completion offers (it never calls __index)
 
 function Manager.__index(m, k)
   local v = Manager[k]
