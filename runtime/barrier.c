@@ -206,6 +206,8 @@ void lmp__open_barrier(lua_State *L, int core) {
   lmp__sync_class(L, K_BARRIER, barrier_m, barrier_encode, barrier_tostring);
   luaL_getmetatable(L, lmp__sync_name[K_BARRIER]);
   lua_getfield(L, -1, "__index"); /* L: mt methods */
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__methods"); /* what REPL completion offers (it never calls __index) */
   lua_pushcclosure(L, barrier_index, 1);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);

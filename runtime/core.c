@@ -11,6 +11,7 @@
 #include "clusterkey.h"
 
 int luaopen_lmp_core(lua_State *L) {
+  lmp__std_fds_open(); /* before the loop, the arena or any other descriptor of lmp */
   lua_newtable(L);
   lmp__open_util(L);
   lmp__open_codec(L);

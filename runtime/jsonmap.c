@@ -3,7 +3,8 @@
 ** Each line is decoded (by the decoder given: lua-cjson's, which raises on bad JSON), passed to the user's function
 ** and its result written as JSON, all protected: a line that fails becomes an error object
 ** and the block goes on. Caveats: output lines are built in a per-thread scratch buffer and
-** gathered in a luaL_Buffer, so the stack is used in balanced steps only.
+** gathered in a luaL_Buffer, so the stack is used in balanced steps only. The line being run is
+** posted on a board in shared memory, so that the parent can tell which one a dead worker held.
 */
 #include <string.h>
 
@@ -11,8 +12,9 @@
 
 #include "cli.h"
 #include "lmp_int.h"
+#include "lmp_shm.h"
 
-enum { ARG_BLOCK = 1, ARG_FIRST, ARG_F, ARG_DECODE, ERRS };
+enum { ARG_BLOCK = 1, ARG_FIRST, ARG_F, ARG_DECODE, ARG_BOARD, ARG_SLOT, ERRS };
 
 static _Thread_local lmp_buf line_out; /* one output line */
 
@@ -79,16 +81,31 @@ static int run_line(lua_State *L, const char *s, size_t len, lua_Integer lineno)
   return 1;
 }
 
-/* json_map(block, first, f, decode) -> out, errs | out: every line of block (each ending in
-** "\n"; the first is input line `first`) run through decode and f, one output line each;
-** errs lists the positions (within the block) of the lines that are error objects. */
+/* The two board cells of slot (1-based) of the 'd' Array at ARG_BOARD: the position in the
+** block of the line being run (0: none) and when it began (monotonic seconds). NULL when
+** there is no board or the slot is not on it. */
+static volatile double *board_slot(lua_State *L) {
+  if (lua_isnoneornil(L, ARG_BOARD)) return NULL;
+  uint64_t n;
+  double *cells = lmp__array_elements(L, ARG_BOARD, 'd', &n);
+  if (cells == NULL) luaL_typeerror(L, ARG_BOARD, "lmp.Array of typecode 'd'");
+  lua_Integer slot = luaL_checkinteger(L, ARG_SLOT);
+  if (slot < 1 || (uint64_t)slot > n / 2) return NULL;
+  return cells + 2 * (slot - 1);
+}
+
+/* json_map(block, first, f, decode [, board, slot]) -> out, errs | out: every line of block
+** (each ending in "\n"; the first is input line `first`) run through decode and f, one output
+** line each; errs lists the positions (within the block) of the lines that are error objects.
+** With a board (a 'd' Array) each line's position and start are posted in cells of slot. */
 static int l_json_map(lua_State *L) {
   size_t blen;
   const char *block = luaL_checklstring(L, ARG_BLOCK, &blen);
   lua_Integer lineno = luaL_checkinteger(L, ARG_FIRST);
   luaL_checktype(L, ARG_F, LUA_TFUNCTION);
   luaL_checktype(L, ARG_DECODE, LUA_TFUNCTION);
-  lua_settop(L, ARG_DECODE);
+  volatile double *post = board_slot(L);
+  lua_settop(L, ARG_SLOT);
   lua_newtable(L); /* ERRS */
   lua_Integer nerr = 0, n = 0;
   luaL_Buffer b;
@@ -98,6 +115,10 @@ static int l_json_map(lua_State *L) {
   while (pos < blen && (nl = memchr(block + pos, '\n', blen - pos)) != NULL) {
     size_t len = (size_t)(nl - (block + pos));
     n++;
+    if (post != NULL) {
+      post[1] = lmp_monotonic();
+      post[0] = (double)n;
+    }
     if (run_line(L, block + pos, len, lineno)) {
       lua_pushinteger(L, n);
       lua_rawseti(L, ERRS, ++nerr);
@@ -107,6 +128,7 @@ static int l_json_map(lua_State *L) {
     pos = (size_t)(nl - block) + 1;
     lineno++;
   }
+  if (post != NULL) post[0] = 0; /* every line ran: a death from now on is no line's doing */
   if (line_out.cap > (1u << 20)) lmp_buf_free(&line_out);
   luaL_pushresult(&b);
   if (nerr == 0) return 1;

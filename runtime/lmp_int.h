@@ -105,6 +105,8 @@ void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds)
 void lmp_fd_own(int fd);
 void lmp_fd_disown(int fd);
 void lmp_fd_close_owned_in_child(void);
+/* Opens /dev/null onto any of the descriptors 0, 1, 2 that is closed (before lmp makes any). */
+void lmp__std_fds_open(void);
 
 /* ---- time ---- */
 double lmp_now(void);        /* wall clock, seconds */

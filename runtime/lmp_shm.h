@@ -121,4 +121,8 @@ int lmp__is_lock(lua_State *L, int idx);
 ** or its error re-raised. */
 int lmp__with(lua_State *L);
 
+/* The elements of the Array (or RawArray) at idx when its typecode is tc, else NULL; *n gets
+** their count. For C code that writes shared elements without a Lua call for each. */
+void *lmp__array_elements(lua_State *L, int idx, int tc, uint64_t *n);
+
 #endif

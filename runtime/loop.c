@@ -196,6 +196,7 @@ static lmp_loop *loop_create(lua_State *L) {
   luaL_setmetatable(L, "lmp.Loop");
   lmp_loop *lp = calloc(1, sizeof *lp);
   if (lp == NULL) luaL_error(L, "not enough memory");
+  lmp__std_fds_open(); /* libuv asserts its descriptors are above 2 when it closes them */
   int rc = uv_loop_init(&lp->uv);
   if (rc != 0) {
     free(lp);

@@ -1,7 +1,8 @@
 /*
 ** mapio.c — the input side of `lmp --map`: a reader that cuts one or more files (or stdin)
 ** into blocks of whole lines without waiting for input that is not there yet, a wait for
-** "input or a loop event", and the scan and truncation of a results file for --resume.
+** "input or a loop event", the scan and truncation of a results file for --resume, and the
+** identity of a file (an output must not be one of the inputs).
 ** Caveats: a file's last line without a newline gets one; stdin is never closed; a line is
 ** kept whole however long it is (the only unbounded buffer, one line's worth).
 */
@@ -336,6 +337,20 @@ static int l_truncate(lua_State *L) {
   return 1;
 }
 
+/* file_id(path | fd) -> "dev:ino" when it is a regular file, else nil (it does not exist, it
+** is a terminal, a pipe, /dev/null...): what tells that an output would overwrite an input. */
+static int l_file_id(lua_State *L) {
+  struct stat st;
+  int rc = lua_type(L, 1) == LUA_TNUMBER ? fstat((int)luaL_checkinteger(L, 1), &st)
+                                         : stat(luaL_checkstring(L, 1), &st);
+  if (rc != 0 || !S_ISREG(st.st_mode)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushfstring(L, "%I:%I", (LUAI_UACINT)st.st_dev, (LUAI_UACINT)st.st_ino);
+  return 1;
+}
+
 void lmp__open_mapio(lua_State *L) {
   if (luaL_newmetatable(L, READER)) {
     static const luaL_Reg methods[] = {
@@ -351,6 +366,7 @@ void lmp__open_mapio(lua_State *L) {
   static const luaL_Reg fns[] = {{"lines_open", l_lines_open},
                                  {"scan_results", l_scan_results},
                                  {"truncate", l_truncate},
+                                 {"file_id", l_file_id},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

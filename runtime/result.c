@@ -643,6 +643,8 @@ void lmp__open_pool_calls(lua_State *L) {
   luaL_newlib(L, methods);
   lua_pushvalue(L, -1);
   lua_setfield(L, -4, "AsyncResult"); /* core.AsyncResult: the methods */
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__methods"); /* what REPL completion offers (it never calls __index) */
   lua_pushcclosure(L, r_index, 1);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, r_newindex);

@@ -3,6 +3,7 @@
 ** and the module functions that need nothing else (cpu_count, getpid, time...).
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +148,28 @@ void lmp_fd_disown(int fd) {
 void lmp_fd_close_owned_in_child(void) {
   for (int i = 0; i < n_owned; i++) close(owned[i]);
   n_owned = 0;
+}
+
+/* ---- the standard descriptors ---- */
+
+/* Opens /dev/null onto whichever of descriptors 0, 1 and 2 is closed, so that no descriptor
+** lmp makes lands there: libuv aborts when it closes one of them (its loop's epoll fd taking
+** fd 0 when stdin is closed), and a pipe on fd 1 would receive what print() writes. It is
+** opened the wrong way round (stdin write-only, stdout and stderr read-only), so that using
+** the descriptor still fails with EBADF as a closed one does: results written to a closed
+** stdout are an error, never silently thrown away. */
+void lmp__std_fds_open(void) {
+  for (int fd = 0; fd <= STDERR_FILENO; fd++) {
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    int nfd;
+    do nfd = open("/dev/null", fd == 0 ? O_WRONLY : O_RDONLY);
+    while (nfd < 0 && errno == EINTR);
+    if (nfd < 0) return; /* no /dev/null: nothing better to put there */
+    if (nfd != fd) { /* cannot happen (the lowest free one is fd), but be sure */
+      dup2(nfd, fd);
+      close(nfd);
+    }
+  }
 }
 
 /* ---- module functions ---- */

@@ -252,6 +252,14 @@ static int array_new(lua_State *L, int raw) {
   return 1;
 }
 
+void *lmp__array_elements(lua_State *L, int idx, int tc, uint64_t *n) {
+  valobj *v = luaL_testudata(L, idx, "lmp.Array");
+  if (v == NULL || v->o.arena == NULL || v->t->tc != tc) return NULL;
+  shm_value *s = v->o.p;
+  *n = s->n;
+  return s->data;
+}
+
 static int l_Array(lua_State *L) { return array_new(L, 0); }
 static int l_RawArray(lua_State *L) { return array_new(L, 1); }
 
@@ -556,6 +564,8 @@ static void make_class(lua_State *L, const char *name, lua_CFunction index,
     lua_pushnil(L);
     lua_setfield(L, -2, "totable");
   }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__methods"); /* what REPL completion offers (it never calls __index) */
   lua_pushvalue(L, -2);
   lua_pushcclosure(L, index, 2); /* upvalues: methods, metatable */
   lua_setfield(L, -2, "__index");

@@ -135,5 +135,47 @@ describe("the lmp executable", function()
     assert.matches("binary chunk", err)
     assert.matches('"after"', out)
   end)
-end)
 
+  -- A closed standard descriptor: lmp's own descriptors (libuv's loop, the shared-memory
+  -- arena, pipes) must not land on fd 0-2, where libuv aborts when it closes them at exit.
+  describe("with a standard descriptor closed", function()
+    -- cmd runs in a group whose redirections come first, so that cmd's own `<&-` holds.
+    local function closed(cmd, which)
+      return sh(("{ timeout -s KILL 60 %s %s; }"):format(cmd, which))
+    end
+    local pool_code = "local mp = require 'lmp'; local p = mp.Pool(1); "
+      .. "io.stderr:write(p:apply(function() return 41 + 1 end, {}), '\\n'); p:terminate()"
+
+    it("exits 0 with stdin, stdout or stderr closed (-e, -v, a script with a pool)", function()
+      for _, which in ipairs({ "<&-", ">&-", "2>&-" }) do
+        local _, err, code = closed(LMP .. " -e 'local x = 1'", which)
+        assert.are.equal(0, code, which .. ": " .. err)
+        assert.is_nil(err:find("Assertion", 1, true), which .. ": " .. err)
+        _, err, code = closed(LMP .. " -v", which)
+        assert.are.equal(0, code, which .. " -v: " .. err)
+      end
+      local out, err, code = closed(LMP .. " " .. script(pool_code), "<&-")
+      assert.are.equal(0, code, err)
+      assert.are.equal("42\n", err)
+      assert.are.equal("", out)
+      local _, err2, code2 = closed(LMP .. " " .. script(pool_code), ">&-")
+      assert.are.equal(0, code2, err2)
+      assert.are.equal("42\n", err2)
+    end)
+
+    it("a closed stdout still fails to write, as a closed one does (it is not /dev/null)", function()
+      local _, err, code = closed(LMP .. [[ -e "local ok, e = io.stdout:write('x'):flush()
+        io.stderr:write(tostring(ok), ' ', tostring(e))"]], ">&-")
+      assert.are.equal(0, code, err)
+      assert.are.equal("nil Bad file descriptor", err)
+      local _, err2 = closed(LMP .. [[ -e "io.stderr:write(tostring(io.read()))"]], "<&-")
+      assert.are.equal("nil", err2)
+    end)
+
+    it("require 'lmp' from lua5.4 exits 0 with stdin closed", function()
+      local _, err, code = closed("lua5.4 " .. script(pool_code), "<&-")
+      assert.are.equal(0, code, err)
+      assert.are.equal("42\n", err)
+    end)
+  end)
+end)

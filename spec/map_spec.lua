@@ -217,6 +217,160 @@ end
     assert.is_true(H.slurp(resumed) == full)
   end)
 
+  it("a failed write of the output (full disk, file-size limit, closed stdout) is an error, never a success", function()
+    local input = lines_file(3000, function(i) return ('{"id":%d}'):format(i) end)
+    local _, err, code = map(TRANSFORM .. " " .. input .. " -P 2 -o /dev/full")
+    assert.are.equal(1, code, err)
+    assert.matches("cannot write /dev/full: No space left on device", err, 1, true)
+    for _, redirect in ipairs({ ">/dev/full", ">&-" }) do
+      local errf = H.tmpname()
+      local _, how, c = os.execute(("{ timeout -s KILL 120 %s --map %s %s -P 2 </dev/null %s; } 2>%s")
+        :format(q(LMP), TRANSFORM, input, redirect, errf))
+      local e = H.slurp(errf)
+      assert.are.equal("exit", how)
+      assert.are.equal(1, c, redirect .. ": " .. e)
+      assert.matches("cannot write the standard output: " .. (redirect == ">&-"
+        and "Bad file descriptor" or "No space left on device"), e, 1, true)
+    end
+  end)
+
+  it("a file cut by a file-size limit is reported, and --resume then finishes it byte for byte", function()
+    local input = lines_file(600000, function(i) return ('{"id":%d}'):format(i) end)
+    local clean, cut = H.tmpname(), H.tmpname()
+    local _, err, code = map(TRANSFORM .. " " .. input .. " -P 2 -o " .. clean)
+    assert.are.equal(0, code, err)
+    -- 4096 blocks (2 or 4 MB, as the shell counts them) of a result file of about 19 MB;
+    -- SIGXFSZ ignored, so that a write past the limit fails with EFBIG.
+    local _, err2, code2 = map(TRANSFORM .. " " .. input .. " -P 2 -o " .. cut,
+      { shell = true, prefix = "ulimit -f 4096; trap '' XFSZ; " })
+    assert.are.equal(1, code2, err2)
+    assert.matches("cannot write " .. cut .. ": File too large", err2, 1, true)
+    assert.matches("--resume", err2, 1, true)
+    local partial, full = H.slurp(cut), H.slurp(clean)
+    assert.is_true(#partial > 0 and #partial < #full, ("cut at %d of %d bytes"):format(#partial, #full))
+    assert.are.equal(full:sub(1, #partial), partial)
+    local _, err3, code3 = map(TRANSFORM .. " " .. input .. " -P 2 --resume -o " .. cut)
+    assert.are.equal(0, code3, err3)
+    assert.is_true(H.slurp(cut) == full, "the resumed file differs from the clean run's")
+  end)
+
+  it("refuses (status 2) an output that is one of its inputs, whatever its name, leaving it whole", function()
+    local input = lines_file(50, function(i) return ('{"id":%d}'):format(i) end)
+    local before = H.slurp(input)
+    local link = H.tmpname()
+    os.remove(link)
+    assert(os.execute(("ln %s %s"):format(q(input), q(link))))
+    local dir, base = input:match("^(.*)/([^/]+)$")
+    local cases = {
+      { TRANSFORM .. " " .. input .. " -o " .. input },
+      { TRANSFORM .. " " .. input .. " -o " .. link },                     -- a hard link
+      { TRANSFORM .. " " .. input .. " -o " .. dir .. "/./" .. base },      -- another spelling
+      { TRANSFORM .. " " .. input .. " --resume -o " .. link },
+      { TRANSFORM .. " - -o " .. link, { stdin = input } },                -- stdin is the file
+    }
+    for _, case in ipairs(cases) do
+      local out, err, code = map(case[1], case[2])
+      assert.are.equal(2, code, case[1] .. ": " .. err)
+      assert.matches("is also an input", err, 1, true)
+      assert.are.equal("", out)
+      assert.are.equal(before, H.slurp(input), "the input was changed by: " .. case[1])
+    end
+    -- standard output appending to the input (it would read its own results forever)
+    local errf = H.tmpname()
+    local _, _, code = os.execute(("{ timeout -s KILL 60 %s --map %s %s </dev/null >>%s; } 2>%s")
+      :format(q(LMP), TRANSFORM, input, q(input), errf))
+    assert.are.equal(2, code, H.slurp(errf))
+    assert.matches("the standard output is also an input", H.slurp(errf), 1, true)
+    assert.are.equal(before, H.slurp(input))
+    os.remove(link)
+    -- /dev/null as input and output is no clash (not a regular file)
+    local _, err, code2 = map(TRANSFORM .. " /dev/null -o /dev/null")
+    assert.are.equal(0, code2, err)
+  end)
+
+  it("with --retries 0 the record a dead block's worker was running is not run again; its neighbours are", function()
+    local runs, marker = H.tmpname(), H.tmpname()
+    os.remove(marker)
+    local script = write_file(([[
+local mp = require "lmp"
+return function(r)
+  local f = io.open(%q, "a") f:write(r.id, "\n") f:close()
+  if r.victim and not io.open(%q) then
+    io.open(%q, "w"):close()
+    os.execute("kill -9 " .. mp.getpid())
+    mp.sleep(5)
+  end
+  return { id = r.id }
+end
+]]):format(runs, marker, marker))
+    local input = lines_file(500, function(i)
+      return i == 125 and '{"id":125,"victim":true}' or ('{"id":%d}'):format(i)
+    end)
+    local function count_runs()
+      local n = {}
+      for id in H.slurp(runs):gmatch("%d+") do n[tonumber(id)] = (n[tonumber(id)] or 0) + 1 end
+      return n
+    end
+    local out, err, code = map(script .. " " .. input .. " -P 2 --chunksize 50")
+    assert.are.equal(1, code, err)
+    local lines = split_lines(out)
+    assert.are.equal(500, #lines)
+    local e = cjson.decode(lines[125]).error
+    assert.are.equal("WorkerLostError", e and e.type, lines[125])
+    assert.are.equal(125, e.line)
+    assert.matches("signal 9", e.message)
+    for i = 1, 500 do
+      if i ~= 125 then assert.are.equal(('{"id":%d}'):format(i), lines[i]) end
+    end
+    local n = count_runs()
+    assert.are.equal(1, n[125], "the victim ran again with --retries 0")
+    assert.are.equal(1, n[150], "a record after the victim in its block ran twice")
+    assert.are.equal(2, n[101], "the records before the victim lost their results: they run again")
+    -- --retries 1: the victim runs once more, alone, and succeeds
+    os.remove(marker)
+    os.remove(runs)
+    local out2, err2, code2 = map(script .. " " .. input .. " -P 2 --chunksize 50 --retries 1")
+    assert.are.equal(0, code2, err2)
+    assert.are.equal('{"id":125}', split_lines(out2)[125])
+    assert.are.equal(2, count_runs()[125])
+  end)
+
+  it("a block past its time: only a record that ran for --timeout gets the TimeoutError, run once", function()
+    local runs = H.tmpname()
+    os.remove(runs)
+    local script = write_file(([[
+local mp = require "lmp"
+return function(r)
+  local f = io.open(%q, "a") f:write(r.id, "\n") f:close()
+  mp.sleep(r.slow or 0)
+  return { id = r.id }
+end
+]]):format(runs))
+    local function count_runs()
+      local n = {}
+      for id in H.slurp(runs):gmatch("%d+") do n[tonumber(id)] = (n[tonumber(id)] or 0) + 1 end
+      return n
+    end
+    -- one overdue record in a block of 10
+    local input = lines_file(10, function(i) return i == 7 and '{"id":7,"slow":30}' or ('{"id":%d}'):format(i) end)
+    local out, err, code = map(script .. " " .. input .. " -P 2 --chunksize 10 --timeout 1")
+    assert.are.equal(1, code, err)
+    local lines = split_lines(out)
+    assert.are.equal(10, #lines)
+    assert.matches('^{"error":{"type":"TimeoutError".*"line":7}}$', lines[7])
+    assert.are.equal(1, count_runs()[7], "the overdue record was run again with --retries 0")
+    -- a block slow as a whole (20 x 0.1 s, past its 1.5 s), no record overdue: nothing fails
+    os.remove(runs)
+    local input2 = lines_file(20, function(i) return ('{"id":%d,"slow":0.1}'):format(i) end)
+    local out2, err2, code2 = map(script .. " " .. input2 .. " -P 2 --chunksize 20 --timeout 1")
+    assert.are.equal(0, code2, err2)
+    assert.are.equal(20, #split_lines(out2))
+    assert.is_nil(out2:find("error", 1, true), out2)
+    local again = 0
+    for _, k in pairs(count_runs()) do if k > 1 then again = again + 1 end end
+    assert.is_true(again >= 1, "the block did not time out: the case was not tried")
+  end)
+
   it("keeps memory bounded: a file far larger than ulimit -v goes through", function()
     local pad = ("x"):rep(1000)
     local input = lines_file(150000, function(i) return ('{"id":%d,"pad":"%s"}'):format(i, pad) end)

@@ -1,7 +1,8 @@
 -- lmp.completion — what Tab offers at the REPL: keywords and globals, fields after `.` and
 -- methods after `:` (following __index tables, so `pool:` offers map, imap...), and module
 -- names inside `require "`. Completion never calls user code: tables are read raw and an
--- __index that is a function is not followed.
+-- __index that is a function is not followed; a class whose __index is a function (lmp's
+-- Array, Manager, proxies, Process...) lists its methods in a `__methods` table instead.
 local M = {}
 
 local KEYWORDS = {
@@ -15,12 +16,15 @@ local function is_identifier(s)
   return type(s) == "string" and s:match("^[%a_][%w_]*$") ~= nil
 end
 
--- The __index table of v's metatable, or nil.
+-- The __index table of v's metatable, or, when __index is a function, the table of method
+-- names the class declares in its metatable's __methods field; nil when neither is there.
 local function index_table(v)
   local mt = getmetatable(v)
   if type(mt) ~= "table" then return nil end
   local idx = rawget(mt, "__index")
-  return type(idx) == "table" and idx or nil
+  if type(idx) == "table" then return idx end
+  local methods = rawget(mt, "__methods")
+  return type(methods) == "table" and methods or nil
 end
 
 --- v[name] as Lua would find it through raw fields and __index tables, without calling any

@@ -22,6 +22,7 @@ local FIELDS = { address = true, authkey = true, pid = true, exitcode = true, _o
 --- manager object sent to another process is a client there, never the owner.
 local Manager = { __name = "lmp.Manager" }
 M.ManagerClass = Manager
+Manager.__methods = Manager -- what REPL completion offers (it never calls __index)
 
 local owners = setmetatable({}, { __mode = "v" }) -- address -> the manager started here
 P.owners = owners

@@ -232,6 +232,7 @@ function M.class(kind, name, methods, index, newindex, extra)
       if m ~= nil then return m end
       return index(p, k)
     end
+    mt.__methods = methods -- what REPL completion offers (it never calls __index)
   else
     mt.__index = methods
   end

@@ -18,8 +18,9 @@ each worker.
   --halt N         stop after N errors
   --resume         with -o: finish an interrupted run; FILE ends as a whole run writes it
   -h, --help       show this
-Exit status: 0 when every record succeeded, 1 when some failed (or the run was stopped),
-2 for bad usage (or a SCRIPT that cannot start).
+Exit status: 0 when every record succeeded, 1 when some failed (or the run was stopped, or
+the output could not be written), 2 for bad usage (an output that is one of the inputs among it) or
+a SCRIPT that cannot start.
 ]]
 
 M.USAGE_SHORT = "usage: lmp --map SCRIPT [INPUT...] [-o FILE] [-P N] [--unordered] [--chunksize N]\n"

@@ -3,8 +3,10 @@
 -- (or as they finish), an error object on the line of every record that fails, and the run
 -- goes on. The parent only moves blocks of lines: workers decode, call and encode
 -- (lmp.mapwork). Memory stays bounded: a window of blocks is in flight, whatever the input.
--- Caveats: a block whose worker dies or times out is run again one record at a time, so the
--- other records of that block run twice (--chunksize 1 avoids it).
+-- Caveats: a block whose worker dies or times out is run again one record at a time; the record
+-- that was running (read from a board in shared memory) counts as run once, as a record alone
+-- does, but the records before it run twice (their results died with the worker). Every write
+-- of the output is checked: a failure stops the run (exit status 1), never a silent cut.
 local mp = require "lmp"
 local core = require "lmp.core"
 local work = require "lmp.mapwork"
@@ -20,12 +22,50 @@ local MAX_BYTES_FIXED = 4 * 1024 * 1024 -- with --chunksize
 
 -- The tasks: small closures that call lmp.mapwork in the worker (sent by value once, then
 -- cached by the pool).
-local function run_task(block, first) return require("lmp.mapwork").run(block, first) end
+local function run_task(block, first, slot) return require("lmp.mapwork").run(block, first, slot) end
 local function probe_task() return require("lmp.mapwork").probe() end
 
 local function say(fmt, ...)
   io.stderr:write("lmp --map: ", fmt:format(...), "\n")
   io.stderr:flush()
+end
+
+-- The output --------------------------------------------------------------------------------
+-- Every write, flush and close of the results is checked: a full disk, a closed stdout or an
+-- I/O error stops the run with a message naming the file, never a cut file and exit status 0.
+
+local Output = {}
+Output.__index = Output
+
+-- The error raised inside the run when the output fails (execute reports out.failed).
+local OUTPUT_FAILED = setmetatable({}, { __tostring = function() return "the output failed" end })
+
+local function new_output(f, name) return setmetatable({ f = f, name = name }, Output) end
+
+-- Raises OUTPUT_FAILED after keeping the first failure's message.
+function Output:fail(err)
+  self.failed = self.failed or ("cannot write %s: %s"):format(self.name, tostring(err))
+  error(OUTPUT_FAILED, 0)
+end
+
+function Output:write(s)
+  if self.failed then error(OUTPUT_FAILED, 0) end
+  local ok, err = self.f:write(s)
+  if not ok then self:fail(err) end
+end
+
+function Output:flush()
+  if self.failed then error(OUTPUT_FAILED, 0) end
+  local ok, err = self.f:flush()
+  if not ok then self:fail(err) end
+end
+
+-- Flushes standard output, closes a file. Returns false (with out.failed set) on a failure.
+function Output:close()
+  local ok, err
+  if self.f == io.stdout then ok, err = self.f:flush() else ok, err = self.f:close() end
+  if not ok and not self.failed then self.failed = ("cannot write %s: %s"):format(self.name, tostring(err)) end
+  return not self.failed
 end
 
 -- The run --------------------------------------------------------------------------------
@@ -52,10 +92,32 @@ function Run:task_timeout(rec)
   return s + 4 * rec.n * (self.cost or 0) + 0.5
 end
 
+-- A block of several records takes a slot of the board, where its worker posts the record it
+-- is running (cleared here, before the task can start); a record alone needs none.
+function Run:take_slot(rec)
+  if rec.n == 1 or rec.slot or not self.board then return end
+  local slot = table.remove(self.free_slots)
+  if not slot then return end -- cannot happen (the window bounds the blocks in flight)
+  self.board[2 * slot - 1], self.board[2 * slot] = 0, 0
+  rec.slot = slot
+end
+
+-- The position in rec's block of the record its worker was running (nil: none), and when that
+-- record began; the slot is given back.
+function Run:give_slot(rec)
+  local slot = rec.slot
+  if not slot then return nil end
+  rec.slot = nil
+  self.free_slots[#self.free_slots + 1] = slot
+  local k = math.tointeger(self.board[2 * slot - 1])
+  if k and k >= 1 and k <= rec.n then return k, self.board[2 * slot] end
+end
+
 -- Submits a block or a record. A pool that refuses work (it broke: its workers die before
 -- they are ready) ends the run, since nothing could finish.
 function Run:submit(rec)
-  local ok, res = pcall(self.pool.apply_async, self.pool, run_task, { rec.block, rec.first }, {
+  self:take_slot(rec)
+  local ok, res = pcall(self.pool.apply_async, self.pool, run_task, { rec.block, rec.first, rec.slot }, {
     callback = function(out, dt, errs) self:done(rec, out, dt, errs) end,
     error_callback = function(err) self:failed(rec, err) end,
     timeout = self:task_timeout(rec),
@@ -91,18 +153,19 @@ end
 
 function Run:done(rec, out, dt, errs)
   if self.closing then return end
+  self:give_slot(rec)
   rec.out, rec.errs = out, errs
   local c = dt / rec.n
   self.cost = self.cost and (0.8 * self.cost + 0.2 * c) or c
   self:complete(rec)
 end
 
--- A task failed as a whole (its worker died, it timed out...): a block is run again one
--- record at a time, so that only the culprit's line gets the error; a record alone is run
--- again up to --retries times, then gets the error on its line.
+-- A task failed as a whole (its worker died, it timed out...): a block is split into its
+-- records (see split); a record alone is run again up to --retries times, then gets the
+-- error on its line.
 function Run:failed(rec, err)
   if self.closing then return end -- the pool is being terminated: nothing more goes out
-  if rec.n > 1 then return self:split(rec) end
+  if rec.n > 1 then return self:split(rec, err) end
   local etype = mp.iserror(err) and err.type or "RemoteError"
   if (etype == "WorkerLostError" or etype == "TimeoutError") and rec.attempts < self.o.retries then
     rec.attempts = rec.attempts + 1
@@ -116,14 +179,30 @@ function Run:failed(rec, err)
   self:complete(rec)
 end
 
-function Run:split(rec)
+-- Whether the record a block's worker was running when the block failed with err is the
+-- culprit: always when the worker died; on a timeout only when that record itself had run
+-- for --timeout (else the block as a whole was slow, and the record deserves its own run).
+function Run:culprit(err, began)
+  local etype = mp.iserror(err) and err.type
+  if etype == "WorkerLostError" then return true end
+  return etype == "TimeoutError" and mp.monotonic() - began >= self.o.timeout
+end
+
+-- A block failed as a whole: its records are run one at a time, so that only the culprit's
+-- line gets the error. The record its worker was running has had its run, as a record alone
+-- would (so it is run again only as --retries allows); the ones before it finished but their
+-- results died with the worker, and the ones after it never ran: those are run again.
+function Run:split(rec, err)
+  local k, began = self:give_slot(rec)
   local parts, i = {}, 0
   for line in rec.block:gmatch("[^\n]*\n") do
     i = i + 1
     parts[i] = { first = rec.first + i - 1, n = 1, block = line, attempts = 0, parent = rec }
   end
   rec.parts, rec.left, rec.block, rec.res = parts, i, nil, nil
-  for _, part in ipairs(parts) do self:submit(part) end
+  for j, part in ipairs(parts) do
+    if j == k and self:culprit(err, began) then self:failed(part, err) else self:submit(part) end
+  end
 end
 
 -- Blocks submitted and not written yet (what the window bounds).
@@ -220,11 +299,12 @@ local function skip_lines(reader, n)
   return n
 end
 
--- Opens the output (for --resume: keeps its whole lines, counts them and their errors).
+-- Opens the output (for --resume: keeps its whole lines, counts them and their errors; a
+-- last line cut short, by a crash or a full disk, is dropped and its record run again).
 local function open_output(o)
   if not o.output then
     io.stdout:setvbuf("full", 1 << 16)
-    return io.stdout, 0, 0
+    return new_output(io.stdout, "the standard output"), 0, 0
   end
   local lines, errors = 0, 0
   if o.resume then
@@ -241,7 +321,25 @@ local function open_output(o)
   local f, err = io.open(o.output, o.resume and "ab" or "wb")
   if not f then return nil, err end
   f:setvbuf("full", 1 << 16)
-  return f, lines, errors
+  return new_output(f, o.output), lines, errors
+end
+
+-- Why the output would destroy an input (the same file: its identity, not its name, so links
+-- and other spellings count), or nil. Standard output counts only when it is a regular file.
+local function output_is_input(o)
+  local out_id = core.file_id(o.output or 1)
+  if not out_id then return nil end
+  for _, path in ipairs(o.inputs) do
+    if core.file_id(path == "-" and 0 or path) == out_id then
+      local input = path == "-" and "the standard input" or path
+      if o.output then
+        return ("-o %s is also an input (%s): it would be overwritten while it is read")
+          :format(o.output, input)
+      end
+      return ("the standard output is also an input (%s): it would be overwritten while it is read")
+        :format(input)
+    end
+  end
 end
 
 -- Checks what can be checked before any worker starts; returns an error message or nil.
@@ -255,10 +353,15 @@ local function check_files(o)
       f:close()
     end
   end
+  return output_is_input(o)
 end
 
-local function start_pool(o)
-  local pool = mp.Pool { processes = o.processes, initializer = work.init, initargs = { o.script } }
+-- The window of blocks in flight (what bounds memory), from the number of workers.
+local function window_of(o) return math.max(8, 4 * (o.processes or mp.cpu_count())) end
+
+-- Starts the pool; board is where workers post the record they run (see Run:split).
+local function start_pool(o, board)
+  local pool = mp.Pool { processes = o.processes, initializer = work.init, initargs = { o.script, board } }
   local why = pool:apply(probe_task)
   if why then
     pool:terminate()
@@ -267,15 +370,37 @@ local function start_pool(o)
   return pool
 end
 
-local function new_run(o, pool, reader, out, done_lines, done_errors)
-  local P = o.processes or mp.cpu_count()
+local function new_run(o, pool, board, reader, out, done_lines, done_errors)
+  local window = window_of(o)
+  local free_slots = {}
+  for i = window, 1, -1 do free_slots[#free_slots + 1] = i end
   local self = setmetatable({
     o = o, pool = pool, reader = reader, out = out, ordered = not o.unordered,
-    window = math.max(8, 4 * P), recs = {}, ready = {}, next_seq = 1, written_seq = 0,
+    window = window, recs = {}, ready = {}, next_seq = 1, written_seq = 0,
     lineno = done_lines + 1, lines_out = 0, errors = done_errors, eof = false,
+    board = board, free_slots = free_slots,
   }, Run)
   if core.isatty(2) and (o.output or not core.isatty(1)) then self.bar = Bar.new(reader) end
   return self
+end
+
+-- After the run: says why it stopped early; returns the exit status.
+local function conclude(o, run, ok, err, out, done_lines)
+  if out.failed then
+    say("%s%s", out.failed, o.output and "; once it can be written, run it again with --resume to finish" or "")
+    return 1
+  end
+  if not ok then
+    if mp.iserror(err, "InterruptedError") then
+      say("interrupted after %d lines%s", done_lines + run.lines_out,
+        o.output and "; run it again with --resume to finish" or "")
+    else
+      say("%s", tostring(err))
+    end
+    return 1
+  end
+  if run.stopped == "halt" then say("stopped after %d errors (--halt)", o.halt) end
+  return (run.errors > 0 or run.stopped) and 1 or 0
 end
 
 -- Runs everything after the arguments are checked; returns the exit status.
@@ -293,34 +418,30 @@ local function execute(o)
   local reader <close> = core.lines_open(o.inputs)
   if done_lines > 0 and skip_lines(reader, done_lines) < done_lines then
     say("%s holds more lines (%d) than the input has: is it the same input?", o.output, done_lines)
+    out:close()
     return 2
   end
-  local pool, why = start_pool(o)
+  -- Without shared memory for the board (a file-size limit below the arena's size), the record
+  -- a dead block's worker was running cannot be told: every record of the block runs again.
+  local has_board, board = pcall(mp.RawArray, "d", 2 * window_of(o))
+  if not has_board then board = nil end
+  local pool, why = start_pool(o, board)
   if not pool then
     say("the script cannot start in a worker:\n%s", why)
+    out:close()
     return 2
   end
-  local run = new_run(o, pool, reader, out, done_lines, done_errors)
+  local run = new_run(o, pool, board, reader, out, done_lines, done_errors)
   local ok, err = pcall(run.loop, run)
-  if not ok then
+  if not ok and not out.failed then
     run.stopped = "interrupted"
     pcall(run.flush, run) -- what is complete and in order still goes out
   end
   if run.bar then run.bar:finish(run.lines_out) end
   run.closing = true
   pool:terminate()
-  if out ~= io.stdout then out:close() else out:flush() end
-  if not ok then
-    if mp.iserror(err, "InterruptedError") then
-      say("interrupted after %d lines%s", done_lines + run.lines_out,
-        o.output and "; run it again with --resume to finish" or "")
-    else
-      say("%s", tostring(err))
-    end
-    return 1
-  end
-  if run.stopped == "halt" then say("stopped after %d errors (--halt)", o.halt) end
-  return (run.errors > 0 or run.stopped) and 1 or 0
+  out:close()
+  return conclude(o, run, ok, err, out, done_lines)
 end
 
 --- The `lmp --map` command: args are the arguments after --map. Returns the exit status.

@@ -12,6 +12,7 @@ local encode, json_map, monotonic = core.json_encode, core.json_map, core.monoto
 local decode          -- cjson.decode, once loaded
 local f               -- the script's function
 local start_error     -- why the script could not start in this worker
+local board           -- where the line being run is posted (an mp.RawArray "d"), or nil
 
 local function message_of(e)
   if type(e) == "string" then return e end
@@ -55,7 +56,9 @@ local function start(script)
 end
 
 --- The pool's initializer: starts the script, keeping any error for probe() and run().
-function M.init(script)
+--- progress (optional) is the board on which run() posts the line it is running.
+function M.init(script, progress)
+  board = progress
   start_error = start(script)
 end
 
@@ -65,10 +68,12 @@ function M.probe() return start_error end
 --- Runs every line of block (lines ending in "\n"; the first is input line `first`).
 --- Returns the output lines (one per input line, each ending in "\n"), the seconds it took,
 --- and the positions (within the block) of the lines that are error objects (or nil).
-function M.run(block, first)
+--- With a slot, the position of the line being run and its start are posted on the board
+--- (slot's two cells), so that the parent knows which record a dead worker held.
+function M.run(block, first, slot)
   if start_error then error(start_error, 0) end
   local t0 = monotonic()
-  local out, errs = json_map(block, first, f, decode)
+  local out, errs = json_map(block, first, f, decode, slot and board, slot)
   return out, monotonic() - t0, errs
 end
 

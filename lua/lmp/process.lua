@@ -52,6 +52,8 @@ local function sweep()
   for p in pairs(live) do exitcode(p) end
 end
 
+Process.__methods = Process -- what REPL completion offers (it never calls __index)
+
 function Process.__index(p, k)
   if k == "exitcode" then return exitcode(p) end
   if k == "ident" then return rawget(p, "pid") end
