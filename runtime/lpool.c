@@ -153,15 +153,32 @@ typedef struct chunking {
   lmp_call *c;
   lmp_fnent *f;
   int kind;
-  lua_Integer n, chunksize;
+  lua_Integer n, chunksize; /* chunksize 0: the default, guided (see next_count) */
 } chunking;
+
+/* The size of the next chunk from start. A given chunksize is kept. The default holds CPython's
+** ceil(n / (4 * processes)) as its largest chunk, but the first chunks are smaller (1/16 of it,
+** doubling), so workers start while the parent still encodes, and the last ones shrink with
+** what is left (a quarter of it per process), so no worker finishes long after the others. */
+static lua_Integer next_count(chunking *k, lua_Integer start, lua_Integer *ramp) {
+  lua_Integer left = k->n - start + 1;
+  if (k->chunksize > 0) return left < k->chunksize ? left : k->chunksize;
+  lua_Integer parts = 4 * (lua_Integer)k->p->processes;
+  lua_Integer most = (k->n + parts - 1) / parts;
+  if (*ramp == 0) *ramp = most / 16 > 0 ? most / 16 : 1;
+  lua_Integer count = (left + parts - 1) / parts;
+  if (count > *ramp) count = *ramp;
+  if (*ramp < most) *ramp = *ramp * 2 < most ? *ramp * 2 : most;
+  return count > 0 ? count : 1;
+}
 
 /* Protected (seq at 1, chunking at 2): submits every chunk, each as soon as it is encoded, so
 ** the workers start on the first while the rest is encoded. */
 static int psubmit_chunks(lua_State *L) {
   chunking *k = lua_touserdata(L, 2);
-  for (lua_Integer start = 1; start <= k->n; start += k->chunksize) {
-    lua_Integer count = k->n - start + 1 < k->chunksize ? k->n - start + 1 : k->chunksize;
+  lua_Integer ramp = 0, count;
+  for (lua_Integer start = 1; start <= k->n; start += count) {
+    count = next_count(k, start, &ramp);
     k->f->refs++; /* the task's own */
     ptask *t = lmp_pool_task(L, k->p, k->c, k->kind, k->f, 1, start, count, "seq");
     lmp_pool_submit(L, k->p, t);
@@ -178,7 +195,7 @@ static int l_map(lua_State *L) {
   lmp_checktype(L, 3, LUA_TFUNCTION);
   lmp_checktype(L, 4, LUA_TTABLE);
   lua_Integer n = lmp_checkinteger(L, 5), chunksize = lmp_checkinteger(L, 6);
-  if (n < 0 || n > INT32_MAX || chunksize < 1) return lmp_argerror(L, 5, "ValueError", "bad size");
+  if (n < 0 || n > INT32_MAX || chunksize < 0) return lmp_argerror(L, 5, "ValueError", "bad size");
   lua_settop(L, 10);
   lmp_call *c = lmp_call_push(L, p, 1, CALL_MAP, 9, 10, 8);
   int res = lua_gettop(L);

@@ -205,7 +205,11 @@ static void fail_queue(lmp_pool *p, int reason, const char *why) {
 
 int lmp_pool_window(const ptask *t) {
   double avg = *t->avg;
-  if (avg <= 0 || avg > WINDOW_SLOW) return 1; /* unknown or slow: one at a time */
+  if (avg <= 0) return 1; /* unknown: one at a time */
+  /* slow: one at a time, but a map's chunk has the next beside it, so the worker need not
+  ** wait for the parent (and the bytes of a big chunk) between two: chunks are alike, and the
+  ** default chunking makes the last ones small */
+  if (avg > WINDOW_SLOW) return t->t.kind == K_APPLY ? 1 : 2;
   if (avg > WINDOW_MEDIUM) return 4;
   if (avg > WINDOW_QUICK) return 32;
   return WINDOW_MAX;

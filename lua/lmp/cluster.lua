@@ -198,13 +198,15 @@ function Worker:finished(rec, status, msg, index)
 end
 
 function Worker:settle(rec, status, msg, index)
-  -- a task's time: since it was handed to the local pool, or (that counts its wait behind
-  -- others) the gap between results times the processes, whichever is less
-  local now = mp.monotonic()
-  local took = now - rec.t0
-  if self.last_done then took = math.min(took, (now - self.last_done) * self.opts.processes) end
-  self.last_done = now
-  self.avg = self.avg and self.avg * 0.9 + took * 0.1 or took
+  -- a task's time: since it was handed to the local pool, shared with the tasks it waited
+  -- behind there (ahead of it, over the processes running them); averaged per function
+  local took = (mp.monotonic() - rec.t0) / (rec.ahead // self.opts.processes + 1)
+  local k, avgs = rec.stream, self.avgs
+  if avgs[k] == nil then
+    self.navgs = self.navgs + 1
+    if self.navgs > FN_CACHE_MAX then avgs, self.navgs = {}, 1; self.avgs = avgs end
+  end
+  avgs[k] = avgs[k] and avgs[k] * 0.8 + took * 0.2 or took
   if status == LOST.died then -- counted by Redis's delivery counter: looked at in the main loop
     self.retry[#self.retry + 1] = rec
     return
@@ -231,7 +233,9 @@ function Worker:run(id, f)
     return
   end
   local ms = tonumber(f.o) or 0
-  local rec = { id = id, f = f, retries = tonumber(f.r) or 0, t0 = mp.monotonic() }
+  local rec = { id = id, f = f, retries = tonumber(f.r) or 0, t0 = mp.monotonic(),
+    ahead = self.nrunning, stream = f.p .. ":" .. f.f }
+  self.stream = rec.stream
   rec.res = self.pool._core:apply_raw(tonumber(f.k) or 0, fn, core.codec_resign(f.a),
     ms > 0 and ms / 1000 or nil, function(status, msg, index) self:finished(rec, status, msg, index) end)
   self.running[id] = rec
@@ -357,11 +361,13 @@ function Worker:heartbeat()
 end
 
 -- How many tasks to hold (running or waiting for a process): about PREFETCH_S seconds of work
--- per process, from the average task's time — many quick tasks per read, and slow ones left in
--- the stream for idle workers.
+-- per process, from the average time of the function whose task came last — many quick tasks
+-- per read, and slow ones left in the stream for idle workers. A function not yet timed (a new
+-- call) gets 2 per process, as the local pool deals out a stream it does not know.
 function Worker:prefetch()
+  local avg = self.stream and self.avgs[self.stream]
   local per = 2
-  if self.avg then per = math.max(2, math.min(PREFETCH_MAX, math.floor(PREFETCH_S / self.avg))) end
+  if avg then per = math.max(2, math.min(PREFETCH_MAX, math.floor(PREFETCH_S / math.max(avg, 1e-9)))) end
   return self.opts.processes * per
 end
 
@@ -427,6 +433,7 @@ function M.worker(argv)
     pool = mp.Pool { processes = opts.processes,
       initializer = function() require("lmp.core").ignore_sigterm() end },
     running = {}, nrunning = 0, retry = {}, fns = {}, nfns = 0, pools = {}, done = 0, acks = {},
+    avgs = {}, navgs = 0,
     expiring = {},
     started = mp.time() }, Worker)
   log("%s serving %s with %d process(es)", self.name, opts.url, opts.processes)

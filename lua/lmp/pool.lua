@@ -231,12 +231,6 @@ local function progress_fn(progress)
   end
 end
 
-local function default_chunksize(n, processes)
-  local c, extra = n // (processes * 4), n % (processes * 4)
-  if extra > 0 then c = c + 1 end
-  return math.max(c, 1)
-end
-
 -- starmap's items must be tables of arguments: said in the caller, before anything runs.
 -- Returns seq, or a copy of it where items with a metatable are plain (never the caller's
 -- table changed).
@@ -264,7 +258,7 @@ local function submit_map(self, fname, kind, f, seq, opts, callback, error_callb
   local n, plain = seq_len(seq, fname)
   if kind == K_STARMAP then plain = check_star_items(plain, n, fname, plain ~= seq) end
   seq = plain
-  local chunksize = opts.chunksize or default_chunksize(n, self.processes)
+  local chunksize = opts.chunksize or 0 -- 0: the default, guided (lpool.c, next_count)
   return self._core:map(kind, f, seq, n, chunksize, task_timeout(opts.timeout, fname, "timeout"),
     progress_fn(opts.progress), callback, error_callback)
 end

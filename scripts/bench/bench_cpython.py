@@ -269,6 +269,112 @@ def codec_size(case):
     return "%d bytes" % len(pickle.dumps(CODEC_DATA[case]()[0], protocol=5))
 
 
+# ---- data: pool rows over real data, the twins of bench.lua's ----
+
+def mem_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError("no " + field)
+
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def row_map_1e7():
+    n = 10_000_000
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        data = range(n)
+        base = mem_kib("VmRSS")
+        reset_peak()
+        t0 = time.perf_counter()
+        res = pool.map(square, data)
+        dt = time.perf_counter() - t0
+        peak = mem_kib("VmHWM") - base
+    assert len(res) == n and res[-1] == (n - 1) ** 2
+    return "%.1f tasks/s peak_B_per_item=%.1f" % (n / dt, peak * 1024 / n)
+
+
+def record(r):
+    return {"id": r["id"], "total": r["score"] * len(r["tags"])}
+
+
+def row_map_records():
+    n = 200_000
+    data = [{"id": i, "name": "user%d" % i, "score": i * 0.5, "tags": ["a", "b", "c"]}
+            for i in range(1, n + 1)]
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        t0 = time.perf_counter()
+        res = pool.map(record, data)
+        dt = time.perf_counter() - t0
+    assert len(res) == n and res[-1]["total"] == n * 0.5 * 3
+    return "%.1f records/s" % (n / dt)
+
+
+CAPTURED = None
+
+
+def use_captured(i):
+    return len(CAPTURED) + i
+
+
+def row_apply_captured():
+    global CAPTURED
+    CAPTURED = ["%08d-payload" % i for i in range(1, 50_001)]  # about 1 MB pickled
+    n = 300
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        t0 = time.perf_counter()
+        rs = [pool.apply_async(use_captured, (i,)) for i in range(n)]
+        total = sum(r.get(60) for r in rs)
+        dt = time.perf_counter() - t0
+    assert total == n * 50_000 + n * (n - 1) // 2
+    return "%.2f us/task" % (dt / n * 1e6)
+
+
+BIG = 50 * 1024 * 1024
+
+
+def make_big(n):
+    return b"y" * n
+
+
+def row_big_arg():
+    import gc
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        s = b"x" * BIG
+        base = mem_kib("VmRSS")
+        reset_peak()
+        assert pool.apply(len, (s,)) == BIG
+        peak = mem_kib("VmHWM") - base
+        gc.collect()
+        kept = mem_kib("VmRSS") - base
+    return "%.3f x_payload peak_MiB=%.1f kept_MiB=%.1f" % (peak * 1024 / BIG, peak / 1024,
+                                                          kept / 1024)
+
+
+def row_big_result():
+    import gc
+    with mp.Pool(WORKERS) as pool:
+        pool.apply(nothing, ())
+        base = mem_kib("VmRSS")
+        reset_peak()
+        r = pool.apply(make_big, (BIG,))
+        assert len(r) == BIG
+        peak = mem_kib("VmHWM") - base
+        del r
+        gc.collect()
+        kept = mem_kib("VmRSS") - base
+    return "%.3f x_payload peak_MiB=%.1f kept_MiB=%.1f" % (peak * 1024 / BIG, peak / 1024,
+                                                          kept / 1024)
+
+
 CODEC_ROWS = {}
 for _case, _unit in (("records", "records/s"), ("tree", "tables/s"), ("floats", "floats/s"),
                      ("string", "bytes/s")):
@@ -290,6 +396,11 @@ ROWS = {
     "cpu": row_cpu,
     "mem": row_mem,
     "manager_dict": row_manager_dict,
+    "map_1e7": row_map_1e7,
+    "map_records": row_map_records,
+    "apply_captured": row_apply_captured,
+    "big_arg": row_big_arg,
+    "big_result": row_big_result,
     **CODEC_ROWS,
 }
 
