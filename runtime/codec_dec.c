@@ -12,6 +12,7 @@
 
 #include <sodium.h>
 
+#include "bytes.h"
 #include "codec.h"
 #include "codec_arr.h"
 
@@ -61,16 +62,7 @@ static inline uint64_t get_varint(dec *d) {
   return 0;
 }
 
-static inline uint64_t le64(const unsigned char *p) {
-  uint64_t v;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  memcpy(&v, p, 8);
-#else
-  v = 0;
-  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-#endif
-  return v;
-}
+static inline uint64_t le64(const unsigned char *p) { return lmp_get_le64(p); }
 
 /* Reads a length-prefixed byte string; the length is checked against the input first. */
 static const char *get_str(dec *d, size_t *n) {

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "codec.h"
 #include "loop.h"
 #include "manager.h"
@@ -158,9 +159,9 @@ static void put_request(lua_State *L, mconn *c, uint32_t seq, int flags, lua_Int
   if (mlen > 255) lmp_raise(L, "ValueError", "method name too long");
   if (lmp_buf_reserve(&c->out, MGR_LEN + MGR_REQ_HEAD + mlen) != 0) luaL_error(L, "not enough memory");
   unsigned char *h = (unsigned char *)c->out.p + start;
-  for (int i = 0; i < 4; i++) h[4 + i] = (unsigned char)(seq >> (8 * i));
+  lmp_put_le32(h + 4, (uint32_t)seq);
   h[8] = (unsigned char)flags;
-  for (int i = 0; i < 4; i++) h[9 + i] = (unsigned char)((uint64_t)id >> (8 * i));
+  lmp_put_le32(h + 9, (uint32_t)id);
   h[13] = (unsigned char)mlen;
   memcpy(h + 14, method, mlen);
   c->out.len += MGR_LEN + MGR_REQ_HEAD + mlen;
@@ -181,16 +182,13 @@ static void put_request(lua_State *L, mconn *c, uint32_t seq, int flags, lua_Int
     lmp_raise(L, "ValueError", "request too large");
   }
   h = (unsigned char *)c->out.p + start; /* the encoder may have moved the buffer */
-  for (int i = 0; i < 4; i++) h[i] = (unsigned char)(n >> (8 * i));
+  lmp_put_le32(h, (uint32_t)n);
   lua_settop(L, top);
 }
 
 /* ---- reading replies ---- */
 
-static uint32_t le32(const char *p) {
-  const unsigned char *u = (const unsigned char *)p;
-  return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
-}
+static uint32_t le32(const char *p) { return lmp_get_le32(p); }
 
 /* 1 (and forgets it) when nobody waits for the reply to seq any more. */
 static int is_dropped(mconn *c, uint32_t seq) {

@@ -24,6 +24,7 @@
 
 #include <uv.h>
 
+#include "bytes.h"
 #include "loop.h"
 #include "manager.h"
 
@@ -163,7 +164,7 @@ static void conn_send(sconn *c, const void *a, size_t na, const void *b, size_t 
     return;
   }
   unsigned char *p = (unsigned char *)c->out.p + c->out.len;
-  for (int i = 0; i < 4; i++) p[i] = (unsigned char)(n >> (8 * i));
+  lmp_put_le32(p, (uint32_t)n);
   memcpy(p + MGR_LEN, a, na);
   if (nb) memcpy(p + MGR_LEN + na, b, nb);
   c->out.len += MGR_LEN + n;
@@ -172,14 +173,12 @@ static void conn_send(sconn *c, const void *a, size_t na, const void *b, size_t 
 
 static void send_reply(sconn *c, uint32_t seq, int status, const char *msg, size_t n) {
   unsigned char h[MGR_REP_HEAD];
-  for (int i = 0; i < 4; i++) h[i] = (unsigned char)(seq >> (8 * i));
+  lmp_put_le32(h, seq);
   h[4] = (unsigned char)status;
   conn_send(c, h, sizeof h, msg, n);
 }
 
-static uint32_t le32(const unsigned char *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
+static uint32_t le32(const unsigned char *p) { return lmp_get_le32(p); }
 
 /* The client's answer to the challenge: its HMAC, then its own challenge. */
 static void handle_auth(sconn *c, const unsigned char *b, size_t n) {

@@ -24,6 +24,7 @@
 
 #include <sodium.h>
 
+#include "bytes.h"
 #include "lmp_int.h"
 #include "loop.h"
 #include "manager.h"
@@ -55,7 +56,7 @@ void lmp__mgr_random(void *buf, size_t n) {
 int lmp__mgr_frame(lmp_buf *b, const void *body, size_t n) {
   if (n > MGR_MAX_FRAME || lmp_buf_reserve(b, MGR_LEN + n) != 0) return -1;
   unsigned char *p = (unsigned char *)b->p + b->len;
-  for (int i = 0; i < 4; i++) p[i] = (unsigned char)(n >> (8 * i));
+  lmp_put_le32(p, (uint32_t)n);
   memcpy(p + MGR_LEN, body, n);
   b->len += MGR_LEN + n;
   return 0;

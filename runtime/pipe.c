@@ -1,8 +1,6 @@
 /*
-** pipe.c — Pipe(): two Connection objects over a unix socketpair, length-prefixed frames, fds
-** carried with SCM_RIGHTS; plus the fd-readiness helper behind mp.wait.
-** Frame: 8 bytes little-endian, the top byte the number of fds attached to the frame's first
-** byte, the low 56 bits the payload length; then the payload.
+** pipe.c — Pipe(): two Connection objects over a unix socketpair, speaking wire.h's frames (a
+** message per frame, its descriptors with it); plus the fd-readiness helper behind mp.wait.
 ** Caveat: a Connection travels only with its descriptor (Process args, pool tasks, another
 ** Pipe); through a Queue it cannot (a socket cannot be reopened from /proc).
 */
@@ -22,18 +20,15 @@
 
 #include "bytes.h"
 #include "lmp_shm.h"
+#include "wire.h"
 
-#define FRAME_HDR 8
-#define READ_CHUNK (256u << 10)
-#define MAX_FDS 64
+#define F_MESSAGE 1 /* the one frame type of a Pipe */
+#define MAX_FDS LMP_FRAME_MAXFDS
 
 typedef struct conn {
   int fd;
   int readable, writable;
-  lmp_buf in;      /* received bytes; frames start at pos */
-  size_t pos;
-  int fds[MAX_FDS]; /* received descriptors not yet handed out */
-  int nfds;
+  lmp_rin rin; /* received bytes and descriptors */
 } conn;
 
 static __thread lmp_buf enc_buf;
@@ -53,10 +48,7 @@ static void check_readable(lua_State *L, conn *c) {
 static void conn_close(conn *c) {
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
-  for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
-  c->nfds = 0;
-  lmp_buf_free(&c->in);
-  c->pos = 0;
+  lmp_rin_free(&c->rin);
 }
 
 static int l_gc(lua_State *L) {
@@ -119,46 +111,28 @@ static void wait_fd_midframe(lua_State *L, int fd, int *pending) {
   poll_for(&p, 1, s);
 }
 
-/* Sends header + payload (+ fds on the first byte), blocking in slices. */
+/* Sends a frame of payload p (+ fds, with its first byte), blocking in slices. */
 static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int *fds, int nfds) {
   if (!c->writable) lmp_raise(L, "ValueError", "connection is read-only");
-  unsigned char h[FRAME_HDR];
-  lmp_put_le64(h, ((uint64_t)nfds << 56) | (uint64_t)n);
-  struct iovec iov[2] = {{h, FRAME_HDR}, {(void *)p, n}};
-  int niov = 2;
-  char small[FRAME_HDR + 4096];
-  if (nfds == 0 && n <= 4096) { /* one contiguous buffer: a plain send() */
-    memcpy(small, h, FRAME_HDR);
-    if (n > 0) memcpy(small + FRAME_HDR, p, n);
-    iov[0] = (struct iovec){small, FRAME_HDR + n};
+  char h[LMP_FRAME_HEAD];
+  lmp_frame_head(h, F_MESSAGE, n, nfds);
+  struct iovec iov[2] = {{h, LMP_FRAME_HEAD}, {(void *)p, n}};
+  int niov = n > 0 ? 2 : 1;
+  char small[LMP_FRAME_HEAD + 4096];
+  if (n <= 4096) { /* one contiguous buffer */
+    memcpy(small, h, LMP_FRAME_HEAD);
+    if (n > 0) memcpy(small + LMP_FRAME_HEAD, p, n);
+    iov[0] = (struct iovec){small, LMP_FRAME_HEAD + n};
     niov = 1;
   }
   struct iovec *v = iov;
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-    struct cmsghdr align;
-  } u;
-  int fds_sent = nfds == 0, started = 0, pending = 0;
+  int started = 0, pending = 0;
   lmp_deadline d;
   lmp_deadline_init(&d, -1);
   while (niov > 0) {
-    struct msghdr m = {0};
-    m.msg_iov = v;
-    m.msg_iovlen = (size_t)niov;
-    if (!fds_sent) {
-      m.msg_control = u.buf;
-      m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-      struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-      cm->cmsg_level = SOL_SOCKET;
-      cm->cmsg_type = SCM_RIGHTS;
-      cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-      memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-    }
-    ssize_t r = fds_sent && niov == 1
-                    ? send(c->fd, v->iov_base, v->iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
-                    : sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t r = lmp_wire_sendmsg(c->fd, v, niov, started ? NULL : fds, started ? 0 : nfds,
+                                 MSG_DONTWAIT);
     if (r < 0) {
-      if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (started) wait_fd_midframe(L, c->fd, &pending);
         else wait_fd(L, c->fd, POLLOUT, &d);
@@ -168,7 +142,7 @@ static void send_frame(lua_State *L, conn *c, const char *p, size_t n, const int
         lmp_raise(L, "EOFError", "the other end of the pipe is closed");
       lmp_raise(L, "ValueError", "send failed: %s", strerror(errno));
     }
-    fds_sent = started = 1;
+    started = 1;
     size_t k = (size_t)r;
     while (niov > 0 && k >= v->iov_len) {
       k -= v->iov_len;
@@ -216,49 +190,14 @@ static int l_send(lua_State *L) {
 
 /* ---- receiving ---- */
 
-/* Moves descriptors out of a received message into c->fds (closing any beyond room). */
-static void take_fds(conn *c, struct msghdr *m) {
-  for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
-    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-    int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    int *fd = (int *)CMSG_DATA(cm);
-    for (int i = 0; i < n; i++) {
-      if (c->nfds < MAX_FDS) c->fds[c->nfds++] = fd[i];
-      else close(fd[i]);
-    }
-  }
-}
-
-/* Reads at least one more byte into c->in (want: bytes wanted). 0 ok, -1 EOF, -2 timeout. */
+/* Receives at least one more byte (want: bytes wanted). 0 ok, -1 EOF, -2 timeout. */
 static int fill(lua_State *L, conn *c, size_t want, lmp_deadline *d) {
-  if (c->pos > 0 && c->pos == c->in.len) c->pos = c->in.len = 0;
-  if (c->pos > 0 && c->in.cap - c->in.len < want) {
-    memmove(c->in.p, c->in.p + c->pos, c->in.len - c->pos);
-    c->in.len -= c->pos;
-    c->pos = 0;
-  }
-  size_t room = want < READ_CHUNK ? READ_CHUNK : want;
-  if (lmp_buf_reserve(&c->in, room) != 0) lmp_raise(L, "ProcessError", "not enough memory to receive");
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-    struct cmsghdr align;
-  } u;
   int spins = 0;
   for (;;) {
-    struct iovec iov = {c->in.p + c->in.len, c->in.cap - c->in.len};
-    struct msghdr m = {0};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = u.buf;
-    m.msg_controllen = sizeof u.buf;
-    ssize_t r = recvmsg(c->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (r > 0) {
-      take_fds(c, &m);
-      c->in.len += (size_t)r;
-      return 0;
-    }
+    ssize_t r = lmp_rin_recv(&c->rin, c->fd, want, MSG_DONTWAIT);
+    if (r > 0) return 0;
     if (r == 0) return -1;
-    if (errno == EINTR) continue;
+    if (errno == ENOMEM) lmp_raise(L, "ProcessError", "not enough memory to receive");
     if (errno != EAGAIN && errno != EWOULDBLOCK) {
       if (errno == ECONNRESET) return -1;
       lmp_raise(L, "ValueError", "recv failed: %s", strerror(errno));
@@ -270,37 +209,26 @@ static int fill(lua_State *L, conn *c, size_t want, lmp_deadline *d) {
   }
 }
 
-/* Reads one frame; its payload is at *p (valid until the next read), fds in c->fds[0..*nfds).
-** Returns 0, -1 on EOF, -2 on timeout. */
-static int read_frame(lua_State *L, conn *c, const char **p, size_t *n, int *nfds,
-                      double timeout) {
+/* Reads one frame into *f (its payload valid until the next read; its descriptors now the
+** caller's). Returns 0, -1 on EOF, -2 on timeout. */
+static int read_frame(lua_State *L, conn *c, lmp_frame *f, double timeout) {
   check_readable(L, c);
   lmp_deadline d;
   lmp_deadline_init(&d, timeout);
-  while (c->in.len - c->pos < FRAME_HDR) {
-    int r = fill(L, c, FRAME_HDR, &d);
+  size_t need = 0;
+  for (;;) {
+    int got = lmp_rin_next(&c->rin, f, &need);
+    if (got > 0) return 0;
+    if (got < 0) lmp_raise(L, "ValueError", "malformed message on the pipe");
+    /* a frame that started is read to its end */
+    if (lmp_rin_pending(&c->rin) > 0) lmp_deadline_init(&d, -1);
+    int r = fill(L, c, need, &d);
     if (r < 0) return r;
   }
-  uint64_t w = lmp_get_le64(c->in.p + c->pos);
-  size_t len = (size_t)(w & (((uint64_t)1 << 56) - 1));
-  int k = (int)(w >> 56);
-  lmp_deadline_init(&d, -1); /* a frame that started is read to its end */
-  while (c->in.len - c->pos < FRAME_HDR + len) {
-    int r = fill(L, c, FRAME_HDR + len - (c->in.len - c->pos), &d);
-    if (r < 0) return r;
-  }
-  *p = c->in.p + c->pos + FRAME_HDR;
-  *n = len;
-  *nfds = k <= c->nfds ? k : c->nfds;
-  c->pos += FRAME_HDR + len;
-  return 0;
 }
 
-/* Drops the first k received fds (after a decoder took what it needed: it dups). */
-static void drop_fds(conn *c, int k) {
-  for (int i = 0; i < k; i++) close(c->fds[i]);
-  memmove(c->fds, c->fds + k, sizeof(int) * (size_t)(c->nfds - k));
-  c->nfds -= k;
+static void close_fds(const lmp_frame *f) {
+  for (int i = 0; i < f->nfds; i++) close(f->fds[i]);
 }
 
 static int frame_error(lua_State *L, int r) {
@@ -315,16 +243,15 @@ static int l_recv_bytes(lua_State *L) {
   lua_Integer maxlen = lmp_optinteger(L, 2, -1);
   if (maxlen < 0 && !lua_isnoneornil(L, 2))
     return lmp_argerror(L, 2, "ValueError", "negative maxlength %I", (LUAI_UACINT)maxlen);
-  const char *p;
-  size_t n;
-  int k;
-  int r = read_frame(L, c, &p, &n, &k, -1);
+  lmp_frame f;
+  int r = read_frame(L, c, &f, -1);
   if (r < 0) return frame_error(L, r);
-  drop_fds(c, k);
-  if (maxlen >= 0 && n > (size_t)maxlen)
+  close_fds(&f);
+  if (maxlen >= 0 && f.n > (size_t)maxlen)
     return lmp_raise(L, "ValueError", "message of %I bytes exceeds maxlength %I",
-                     (lua_Integer)n, maxlen);
-  lua_pushlstring(L, p, n);
+                     (lua_Integer)f.n, maxlen);
+  lua_pushlstring(L, f.p, f.n);
+  lmp_rin_shrink(&c->rin); /* after a big message, the buffer is small again */
   return 1;
 }
 
@@ -338,29 +265,25 @@ static int decode_frame(lua_State *L) {
 static int l_recv(lua_State *L) {
   conn *c = check_conn(L, 1);
   lmp_checknargs(L, 1);
-  const char *p;
-  size_t n;
-  int k;
-  int r = read_frame(L, c, &p, &n, &k, -1);
+  lmp_frame f;
+  int r = read_frame(L, c, &f, -1);
   if (r < 0) return frame_error(L, r);
-  if (k == 0) {
-    lmp_decode(L, p, n, NULL, 0);
+  if (f.nfds == 0) {
+    lmp_decode(L, f.p, f.n, NULL, 0);
+    lmp_rin_shrink(&c->rin);
     return 1;
   }
   /* the frame's descriptors are ours (decoders dup what they keep): close them afterwards,
   ** also when decoding fails */
-  int fds[MAX_FDS];
-  memcpy(fds, c->fds, sizeof(int) * (size_t)k);
-  c->nfds -= k;
-  memmove(c->fds, c->fds + k, sizeof(int) * (size_t)c->nfds);
   lua_pushcfunction(L, decode_frame);
-  lua_pushlightuserdata(L, (void *)p);
-  lua_pushinteger(L, (lua_Integer)n);
-  lua_pushlightuserdata(L, fds);
-  lua_pushinteger(L, k);
+  lua_pushlightuserdata(L, (void *)f.p);
+  lua_pushinteger(L, (lua_Integer)f.n);
+  lua_pushlightuserdata(L, f.fds);
+  lua_pushinteger(L, f.nfds);
   int status = lua_pcall(L, 4, 1, 0);
-  for (int i = 0; i < k; i++) close(fds[i]);
+  close_fds(&f);
   if (status != LUA_OK) return lua_error(L);
+  lmp_rin_shrink(&c->rin);
   return 1;
 }
 
@@ -371,7 +294,7 @@ static int l_poll(lua_State *L) {
   lmp_checknargs(L, 2);
   double t = lua_isnone(L, 2) ? 0 : lmp_checktimeout(L, 2);
   check_readable(L, c);
-  if (c->in.len - c->pos >= FRAME_HDR) {
+  if (lmp_rin_pending(&c->rin) >= LMP_FRAME_HEAD) {
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -419,7 +342,7 @@ static int l_ready(lua_State *L) {
     return 1;
   }
   struct pollfd p = {c->fd, POLLIN, 0};
-  lua_pushboolean(L, c->in.len - c->pos >= FRAME_HDR || poll(&p, 1, 0) > 0);
+  lua_pushboolean(L, lmp_rin_pending(&c->rin) >= LMP_FRAME_HEAD || poll(&p, 1, 0) > 0);
   return 1;
 }
 
@@ -435,7 +358,7 @@ static int l_encode(lua_State *L) {
     return lmp_raise(L, "SerializationError", "cannot send a connection: %s", strerror(errno));
   char p[9];
   p[0] = (char)(c->readable | c->writable << 1);
-  for (int i = 0; i < 8; i++) p[1 + i] = (char)((uint64_t)st.st_ino >> (8 * i));
+  lmp_put_le64(p + 1, (uint64_t)st.st_ino);
   lua_pushliteral(L, "lmp.Connection");
   lua_pushlstring(L, p, sizeof p);
   lua_pushinteger(L, c->fd);
@@ -451,8 +374,7 @@ static int l_decode(lua_State *L) {
     return lmp_raise(L, "SerializationError", "a Pipe end can only be sent with its descriptor "
                      "(Process args, another Pipe), not through a Queue");
   int fd = (int)lua_tointeger(L, 2);
-  uint64_t ino = 0;
-  for (int i = 0; i < 8; i++) ino |= (uint64_t)(unsigned char)p[1 + i] << (8 * i);
+  uint64_t ino = lmp_get_le64(p + 1);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || (uint64_t)st.st_ino != ino)
     return lmp_raise(L, "SerializationError", "Pipe end handle: descriptor %d is not the pipe's "

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "lmp_shm.h"
 
 #define ARENA_MAGIC 0x6c6d7061726e6131ULL /* "lmparna1" */
@@ -225,15 +226,8 @@ size_t lmp_shm_capacity(const lmp_shm_obj *o) {
 
 /* ---- handles ---- */
 
-static void put64(char *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (char)(v >> (8 * i));
-}
-
-static uint64_t get64(const char *p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++) v |= (uint64_t)(unsigned char)p[i] << (8 * i);
-  return v;
-}
+static void put64(char *p, uint64_t v) { lmp_put_le64(p, v); }
+static uint64_t get64(const char *p) { return lmp_get_le64(p); }
 
 void lmp_shm_ref_write(lmp_shm_obj *o, luaL_Buffer *b) {
   char rec[LMP_REF_SIZE];

@@ -17,6 +17,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "lmp.h"
 #include "child.h"
 #include "children.h"
@@ -48,7 +49,7 @@ static const char *worker_executable(void) {
 
 static int put_part(int fd, const void *s, size_t n) {
   char len[4];
-  for (int i = 0; i < 4; i++) len[i] = (char)(n >> (8 * i));
+  lmp_put_le32(len, (uint32_t)n);
   return (write(fd, len, 4) == 4 && write(fd, s, n) == (ssize_t)n) ? 0 : -1;
 }
 
@@ -67,8 +68,7 @@ int lmp__spawn_payload(const char *payload, size_t n, const char *mode, const ch
 
 static int get_part(const char **p, const char *end, const char **s, size_t *n) {
   if (end - *p < 4) return -1;
-  size_t len = 0;
-  for (int i = 0; i < 4; i++) len |= (size_t)(unsigned char)(*p)[i] << (8 * i);
+  size_t len = lmp_get_le32(*p);
   *p += 4;
   if ((size_t)(end - *p) < len) return -1;
   *s = *p;
