@@ -89,13 +89,19 @@ static void set_package_field(lua_State *L, const char *field, const char *s) {
   lua_pop(L, 1);
 }
 
+/* What a fresh state gets after the standard libraries: lmp's preloads (lmp_preload), set by
+** the module's entry points (core.c) — a hook, so this file needs nothing above it. */
+static void (*state_setup)(lua_State *L);
+
+void lmp__set_state_setup(void (*setup)(lua_State *L)) { state_setup = setup; }
+
 static int init_worker_state(lua_State *L) {
   const char *path = lua_touserdata(L, 1);
   const char *cpath = lua_touserdata(L, 2);
   luaL_openlibs(L);
   set_package_field(L, "path", path);
   set_package_field(L, "cpath", cpath);
-  lmp_preload(L);
+  if (state_setup != NULL) state_setup(L);
   return 0;
 }
 

@@ -1,5 +1,6 @@
 /*
-** core.c — the `lmp.core` module table and lmp's preloads.
+** core.c — the library's entry points: the `lmp.core` module table, lmp's preloads, and the
+** spawned worker's main; everything else sits below them.
 */
 #include <stdlib.h>
 #include <string.h>
@@ -9,9 +10,13 @@
 #include "fncache.h"
 #include "redis.h"
 #include "clusterkey.h"
+#include "manager.h"
+#include "spawn.h"
+#include "sync.h"
 
 int luaopen_lmp_core(lua_State *L) {
   lmp__std_fds_open(); /* before the loop, the arena or any other descriptor of lmp */
+  lmp__set_state_setup(lmp_preload); /* the states of children and workers get lmp too */
   lua_newtable(L);
   lmp__open_util(L);
   lmp__open_codec(L);
@@ -24,10 +29,14 @@ int luaopen_lmp_core(lua_State *L) {
   lmp__open_clusterkey(L);
   lmp__open_shm(L);
   lmp__open_sync(L); /* the shared-memory objects and Pipe (after shm and the codec) */
+  lmp__open_cond(L, lua_gettop(L));
+  lmp__open_barrier(L, lua_gettop(L));
   lmp__open_value(L);
   lmp__open_queue(L);
   lmp__open_pipe(L);
   lmp__open_manager(L);
+  lmp__open_manager_client(L);
+  lmp__open_manager_server(L);
   lmp__open_console(L);
   lua_pushliteral(L, LMP_VERSION);
   lua_setfield(L, -2, "version");
@@ -72,4 +81,9 @@ int luaopen_lmp(lua_State *L) {
   lua_pushliteral(L, "lmp");
   lua_call(L, 1, 1);
   return 1;
+}
+
+int lmp_worker_main(int argc, char **argv) {
+  lmp__set_state_setup(lmp_preload);
+  return lmp__spawn_serve(argc, argv);
 }

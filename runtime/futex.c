@@ -4,9 +4,6 @@
 ** the owner-checked mutex every lock and queue is built on.
 ** Caveat: owners are thread ids; a dead owner is noticed only on a waiter's slice timeout.
 */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>

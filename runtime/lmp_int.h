@@ -31,7 +31,9 @@ typedef struct lmp_fdvec {
 int lmp_fdvec_push(lmp_fdvec *v, int fd);
 void lmp_fdvec_free(lmp_fdvec *v);
 
-/* ---- error objects (tables with metatable mp.Error, registry key "lmp.Error") ---- */
+/* ---- error objects (errors.c: tables with metatable mp.Error, registry key "lmp.Error") ---- */
+/* Pushes the shared error metatable, creating it on first use. */
+void lmp__error_metatable(lua_State *L);
 /* Pushes a new error object {type=type, message=msg}. */
 void lmp_error_push(lua_State *L, const char *type, const char *msg);
 /* 1 when the value at idx is an lmp error object (metatable mp.Error). */
@@ -116,6 +118,8 @@ double lmp_monotonic(void);  /* monotonic clock, seconds */
 /* Creates a fresh Lua state for a child: standard libraries, lmp preloaded, package paths
 ** as given. Returns NULL when memory is exhausted. */
 lua_State *lmp_new_worker_state(const char *path, const char *cpath);
+/* Sets what lmp_new_worker_state runs in a fresh state after the standard libraries. */
+void lmp__set_state_setup(void (*setup)(lua_State *L));
 
 /* ---- module parts: each adds its functions to the table on top of the stack ---- */
 void lmp__open_util(lua_State *L);

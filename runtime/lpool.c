@@ -17,11 +17,6 @@ typedef struct pbox {
   lmp_pool *p;
 } pbox;
 
-void lmp_pool_push_calls(lua_State *L, lmp_pool *p) {
-  if (p->calls == LUA_NOREF) lua_newtable(L); /* the pool is being freed: nothing to keep */
-  else lua_rawgeti(L, LUA_REGISTRYINDEX, p->calls);
-}
-
 static int l_callbacks_run(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)lmp_callbacks_run());
   return 1;

@@ -420,8 +420,6 @@ void lmp__open_manager(lua_State *L) {
                                  {"mgr_random", l_random},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
-  lmp__open_manager_client(L);
-  lmp__open_manager_server(L);
   lua_getfield(L, -1, "register_handle");
   lua_pushliteral(L, "lmp.Proxy");
   lua_pushcfunction(L, decode_proxy);

@@ -4,9 +4,6 @@
 ** Caveat: a Connection travels only with its descriptor (Process args, pool tasks, another
 ** Pipe); through a Queue it cannot (a socket cannot be reopened from /proc).
 */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>

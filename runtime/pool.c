@@ -34,6 +34,15 @@ static void on_idle(uv_idle_t *h);
 static void task_init(lmp_pool *p, ptask *t, lmp_call *c, int kind, lmp_fnent *f);
 static void on_timer(uv_timer_t *h);
 
+static const lmp_call_ops *call_ops;
+
+void lmp_pool_set_call_ops(const lmp_call_ops *ops) { call_ops = ops; }
+
+void lmp_pool_push_calls(lua_State *L, lmp_pool *p) {
+  if (p->calls == LUA_NOREF) lua_newtable(L); /* the pool is being freed: nothing to keep */
+  else lua_rawgeti(L, LUA_REGISTRYINDEX, p->calls);
+}
+
 /* ---- shared descriptors ---- */
 
 /* The share of descriptor fd (the same open file as before), taking a reference; NULL with
@@ -504,7 +513,7 @@ long lmp_pool_stop_call(lua_State *L, lmp_pool *p, lmp_call *c, int mode) {
     c->stopped = 1;
     c->open = 0;
   }
-  lmp_call_unregister_if_done(L, c);
+  call_ops->unregister_if_done(L, c);
   pump(p); /* workers that were holding its tasks have room again */
   return never;
 }
@@ -546,7 +555,7 @@ static void deliver_failed(lua_State *L, ptask *t) {
     lmp_error_push(L, "SerializationError", m ? m : "the result cannot be delivered");
     lua_remove(L, -2);
   }
-  lmp_call_fail(L, t->call, t->start);
+  call_ops->fail(L, t->call, t->start);
 }
 
 /* Takes the next settled task off the list, the call counting it delivered from here on. */
@@ -563,7 +572,7 @@ static ptask *next_settled(lmp_pool *p) {
 static void delivered(lua_State *L, ptask *t) {
   lmp_call *c = t->call;
   if (c != NULL) {
-    lmp_call_unregister_if_done(L, c);
+    call_ops->unregister_if_done(L, c);
     t->call = NULL;
   }
   lmp_task_release(&t->t);
@@ -577,7 +586,7 @@ static int pdeliver_all(lua_State *L) {
   while ((p->current = next_settled(p)) != NULL) {
     ptask *t = p->current;
     if (t->call != NULL && !t->call->stopped) {
-      lua_pushcfunction(L, lmp_call_deliver);
+      lua_pushcfunction(L, call_ops->deliver);
       lua_pushlightuserdata(L, t);
       lua_call(L, 1, 0);
     }

@@ -198,6 +198,15 @@ void lmp_call_push_ud(lua_State *L, lmp_call *c);
 /* Pushes the pool's table of calls. */
 void lmp_pool_push_calls(lua_State *L, lmp_pool *p);
 
+/* What the books call in the calls above them (result.c gives them when it opens), so that
+** pool.c names nothing of result.c: lmp_call_deliver, lmp_call_fail, lmp_call_unregister_if_done. */
+typedef struct lmp_call_ops {
+  lua_CFunction deliver;
+  void (*fail)(lua_State *L, lmp_call *c, int64_t at);
+  void (*unregister_if_done)(lua_State *L, lmp_call *c);
+} lmp_call_ops;
+void lmp_pool_set_call_ops(const lmp_call_ops *ops);
+
 void lmp__open_pool_calls(lua_State *L);
 
 /* ---- workers.c: the local backend ---- */

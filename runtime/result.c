@@ -633,6 +633,8 @@ static int i_gc(lua_State *L) {
 /* ---- opening ---- */
 
 void lmp__open_pool_calls(lua_State *L) {
+  static const lmp_call_ops ops = {lmp_call_deliver, lmp_call_fail, lmp_call_unregister_if_done};
+  lmp_pool_set_call_ops(&ops);
   static const luaL_Reg methods[] = {{"get", r_get},         {"wait", r_wait},
                                      {"ready", r_ready},     {"successful", r_successful},
                                      {"cancel", r_cancel},   {"_get", r_get_for},

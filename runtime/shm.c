@@ -6,9 +6,6 @@
 ** handle may still be in flight; a handle without an fd is mapped through /proc/<creator>/fd,
 ** which works only while the creator still holds the arena.
 */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

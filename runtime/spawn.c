@@ -133,7 +133,7 @@ _Noreturn void lmp__spawn_exec(int memfd, int keep_fd) {
 
 /* ---- the spawned program ---- */
 
-int lmp_worker_main(int argc, char **argv) {
+int lmp__spawn_serve(int argc, char **argv) {
   self_serves = 1;
   if (argc < 4 || strcmp(argv[1], "--lmp-worker") != 0) return 0;
   int fd = atoi(argv[2]);

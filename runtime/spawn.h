@@ -15,6 +15,10 @@ int lmp__spawn_payload(const char *payload, size_t n, const char *mode, const ch
 ** of the worker executable. Never returns. */
 _Noreturn void lmp__spawn_exec(int memfd, int keep_fd);
 
+/* lmp_worker_main's work (core.c sets up worker states first): serves as the spawned worker
+** when argv says so (never returns then), else returns 0. */
+int lmp__spawn_serve(int argc, char **argv);
+
 /* Adds set_start_method and get_start_method to the table on top of the stack. */
 void lmp__open_spawn(lua_State *L);
 

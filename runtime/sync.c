@@ -419,6 +419,4 @@ void lmp__open_sync(lua_State *L) {
       {K_EVENT, dec_event}};
   for (size_t i = 0; i < sizeof decs / sizeof decs[0]; i++)
     lmp_shm_register(L, core, lmp__sync_name[decs[i].kind], decs[i].f);
-  lmp__open_cond(L, core);
-  lmp__open_barrier(L, core);
 }

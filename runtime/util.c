@@ -1,6 +1,6 @@
 /*
-** util.c — small shared pieces: byte buffers, fd vectors, error objects, clocks, owned fds,
-** and the module functions that need nothing else (cpu_count, getpid, time...).
+** util.c — small shared pieces: byte buffers, fd vectors, clocks, owned fds, and the module
+** functions that need nothing else (cpu_count, getpid, time...).
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,54 +57,6 @@ void lmp_fdvec_free(lmp_fdvec *v) {
   free(v->fd);
   v->fd = NULL;
   v->n = v->cap = 0;
-}
-
-/* ---- error objects ---- */
-
-static int error_tostring(lua_State *L) {
-  lua_getfield(L, 1, "type");
-  lua_getfield(L, 1, "message");
-  const char *type = lua_tostring(L, -2);
-  const char *msg = lua_tostring(L, -1);
-  lua_pushfstring(L, "%s: %s", type ? type : "Error", msg ? msg : "?");
-  return 1;
-}
-
-/* Pushes the shared error metatable, creating it on first use. */
-static void error_metatable(lua_State *L) {
-  if (luaL_newmetatable(L, "lmp.Error")) {
-    lua_pushcfunction(L, error_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-  }
-}
-
-void lmp_error_push(lua_State *L, const char *type, const char *msg) {
-  lua_createtable(L, 0, 3);
-  lua_pushstring(L, type);
-  lua_setfield(L, -2, "type");
-  lua_pushstring(L, msg);
-  lua_setfield(L, -2, "message");
-  error_metatable(L);
-  lua_setmetatable(L, -2);
-}
-
-int lmp_iserror_value(lua_State *L, int idx) {
-  if (!lua_getmetatable(L, idx)) return 0;
-  luaL_getmetatable(L, "lmp.Error");
-  int is = lua_rawequal(L, -1, -2);
-  lua_pop(L, 2);
-  return is;
-}
-
-int lmp_raise(lua_State *L, const char *type, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  const char *msg = lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lmp_error_push(L, type, msg);
-  return lua_error(L);
 }
 
 /* ---- clocks ---- */
@@ -226,6 +178,6 @@ void lmp__open_util(lua_State *L) {
       {"time", l_time},           {"monotonic", l_monotonic},
       {"error", l_error},         {"isatty", l_isatty},       {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
-  error_metatable(L);
+  lmp__error_metatable(L);
   lua_setfield(L, -2, "Error");
 }

@@ -44,6 +44,15 @@ if(BUSTED_EXE)
   endforeach()
 endif()
 
+# No call cycle among the runtime's files (but inside the codec), read from the object files.
+find_program(NM_EXE nm)
+if(NM_EXE)
+  add_test(NAME c_call_cycles
+    COMMAND ${LUA_EXE} ${CMAKE_SOURCE_DIR}/tests/check_cycles.lua $<TARGET_OBJECTS:lmpobj>
+    COMMAND_EXPAND_LISTS)
+  set_tests_properties(c_call_cycles PROPERTIES TIMEOUT 60 LABELS c)
+endif()
+
 # Memory checking with valgrind as well (the sanitizer build covers the rest): the embedding
 # test starts a pool, runs tasks and closes everything, so leaks of a whole cycle show up.
 find_program(VALGRIND_EXE valgrind)
