@@ -275,6 +275,54 @@ describe("Pool on Redis", function()
     assert.matches("SIGTERM", R.log(w))
   end)
 
+  it("the parent killed: workers serve other pools, and the dead pool's tasks expire unrun", function()
+    local w = R.worker(srv, "-P 1")
+    local ran = srv.dir .. "/ran.txt"
+    local said = srv.dir .. "/submitted"
+    -- a parent that submits 40 slow tasks and is then killed with SIGKILL
+    local src = srv.dir .. "/parent.lua"
+    local f = assert(io.open(src, "w"))
+    f:write(([[
+      local mp = require "lmp"
+      local pool = mp.Pool { backend = os.getenv("LMP_SPEC_REDIS"), processes = 1 }
+      for i = 1, 40 do
+        pool:apply_async(function(path)
+          local f = io.open(path, "a") f:write("x\n") f:close()
+          mp.sleep(0.2)
+        end, { %q })
+      end
+      mp.sleep(0.3) -- the tasks are in Redis
+      local f = io.open(%q, "w") f:write("yes") f:close()
+      mp.sleep(60)
+    ]]):format(ran, said))
+    f:close()
+    os.execute(("LMP_SPEC_REDIS=%q LMP_CLUSTER_KEY=%q setsid %s %s > %s/parent.log 2>&1 & echo $! > %s/parent.pid")
+      :format(srv.url, srv.key, os.getenv("LMP_EXE"), src, srv.dir, srv.dir))
+    local deadline = mp.monotonic() + 30
+    while not H.slurp(said) do
+      assert(mp.monotonic() < deadline, "the parent did not submit: " .. tostring(H.slurp(srv.dir .. "/parent.log")))
+      mp.sleep(0.05)
+    end
+    local ppid = tonumber(H.slurp(srv.dir .. "/parent.pid"))
+    os.execute("kill -KILL " .. ppid)
+    local c = R.conn(srv)
+    local keys = c:call("KEYS", "lmp:pool:*")
+    assert.are.equal(1, #keys)
+    local ttl = c:call("TTL", keys[1])
+    assert.is_true(ttl > 0 and ttl <= 30, "the dead pool's liveness key lives " .. ttl .. " s")
+    -- its liveness key expires (as Redis does after the TTL, without a refresh): now
+    c:call("DEL", keys[1])
+    local p <close> = pool()
+    assert.are.equal("alive", p:apply(function() return "alive" end))
+    deadline = mp.monotonic() + 20
+    while c:call("XLEN", "lmp:tasks") > 0 and mp.monotonic() < deadline do mp.sleep(0.05) end
+    assert.are.equal(0, c:call("XLEN", "lmp:tasks"), "the dead pool's tasks are still in Redis")
+    local runs = select(2, (H.slurp(ran) or ""):gsub("\n", ""))
+    assert.is_true(runs < 40, "every task of the dead pool ran")
+    assert.is_true(R.alive(w))
+    c:close()
+  end)
+
   it("lmp status shows the workers, the tasks in flight and the dead letters", function()
     R.worker(srv, "-P 1 --name spec-worker-a")
     local p <close> = pool()

@@ -201,10 +201,16 @@ describe("Queue", function()
 
     it("an item there is no memory for is dropped with ProcessError and stops counting", function()
       S.assert_ok(S.run_bounded([[
-        local q = mp.Queue()
-        local w = mp.Process(function(q) q:put(string.rep("x", 300 << 20)); q:put("after") end, { q })
+        local q, made = mp.Queue(), mp.Event()
+        local w = mp.Process(function(q, made)
+          local s = string.rep("x", 300 << 20)
+          made:set()
+          q:put(s)
+          q:put("after")
+        end, { q, made })
         w:start()
-        mp.sleep(0.5) -- the writer has encoded the item and is blocked on the full ring
+        assert(made:wait(60), "the writer did not make its item")
+        mp.sleep(1) -- the writer has encoded the item and is blocked on the full ring
         local vm
         for l in io.lines("/proc/self/status") do vm = vm or l:match("^VmSize:%s+(%d+)") end
         local limit = ("prlimit --pid %d --as=%%s:"):format(mp.getpid())
@@ -212,11 +218,11 @@ describe("Queue", function()
         local ok, e = pcall(q.get, q, true, 20)
         assert(os.execute(limit:format("unlimited")))
         assert(not ok and mp.iserror(e, "ProcessError") and e.message:match("memory"), tostring(e))
-        assert(q:get(true, 10) == "after")
+        assert(q:get(true, 60) == "after") -- the rest of the big item streams past first
         assert(q:qsize() == 0 and q:empty(), "the dropped item still counts")
-        assert(w:join(10) == 0)
+        assert(w:join(30) == 0)
         print("ok")
-      ]], 60, "env ASAN_OPTIONS=allocator_may_return_null=1")) -- under ASan too: malloc fails
+      ]], 180, "env ASAN_OPTIONS=allocator_may_return_null=1")) -- under ASan too: malloc fails
     end)
 
     it("a failed put leaves no item and no lock behind", function()

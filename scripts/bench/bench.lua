@@ -758,7 +758,7 @@ ROWS[#ROWS + 1] = {
   desc = "Pool on Redis: 100k apply_async of a tiny task, then get all; 2 `lmp worker -P 1`",
   lmp = function()
     local n = 100000
-    return cluster(2, function(pool)
+    local function run(pool)
       local t0 = now()
       local rs = {}
       for i = 1, n do rs[i] = pool:apply_async(ident, { i }) end
@@ -767,7 +767,11 @@ ROWS[#ROWS + 1] = {
       local dt = now() - t0
       assert(total == n * (n + 1) // 2, "redis_tasks: wrong sum")
       return n / dt
-    end)
+    end
+    local remote = cluster(2, run)
+    collectgarbage()
+    local here = with_pool(run) -- the same workload on a local pool of 2, beside it
+    return remote, ("local_pool=%.0f tasks/s"):format(here)
   end,
   checks = { { min = 20000 } },
   target = "≥ 20k/s (published: RQ ~1k/s, Celery ~1.7k/s, Ray's Pool 1–21k/s)",
