@@ -23,6 +23,7 @@ const char *lmp_pushdescribe(lua_State *L, int idx) {
     }
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) return lua_pushfstring(L, "integer %I", (LUAI_UACINT)lua_tointeger(L, idx));
+      if (isnan(lua_tonumber(L, idx))) return lua_pushliteral(L, "NaN");
       return lua_pushfstring(L, "number %s", lua_tostring(L, idx) ? lua_tostring(L, idx) : "?");
     case LUA_TBOOLEAN: return lua_pushstring(L, lua_toboolean(L, idx) ? "boolean true" : "boolean false");
     case LUA_TNIL:

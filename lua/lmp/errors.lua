@@ -58,6 +58,7 @@ function M.describe(v)
     if #v > 40 then v = v:sub(1, 37) .. "..." end
     return ("string %q"):format(v):gsub("\\\n", "\\n")
   elseif t == "number" then
+    if v ~= v then return "NaN" end
     return (math.type(v) == "integer" and "integer " or "number ") .. tostring(v)
   elseif t == "boolean" or t == "nil" then
     return t == "nil" and "nil" or "boolean " .. tostring(v)

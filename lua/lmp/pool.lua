@@ -82,9 +82,15 @@ local function backend_spec(opts, spec)
       errors.valueerror("Pool", k .. " does not apply to a Redis backend (workers start with `lmp worker`)", 1)
     end
   end
+  if opts.key ~= nil and type(opts.key) ~= "string" then
+    errors.typeerror("Pool", "key", "a string", opts.key, 1)
+  end
+  if opts.key_file ~= nil and type(opts.key_file) ~= "string" then
+    errors.typeerror("Pool", "key_file", "a string (a file name)", opts.key_file, 1)
+  end
   local key, why = opts.key, nil
   if key == nil then key, why = require("lmp.cluster").read_key(opts.key_file) end
-  if type(key) ~= "string" then errors.valueerror("Pool", why or "key must be a string", 1) end
+  if type(key) ~= "string" then errors.valueerror("Pool", why, 1) end
   if #key < 16 then errors.valueerror("Pool", "the cluster key must have at least 16 bytes", 1) end
   if opts.retry_window ~= nil then task_timeout(opts.retry_window, "Pool", "retry_window") end
   spec.backend, spec.key, spec.retry_window = opts.backend, key, opts.retry_window
