@@ -120,7 +120,7 @@ static int env_get(lua_State *L) {
 }
 
 /* Pushes env[name] (name on top, consumed): raw for the globals table, else with metamethods
-** (an environment that falls back to _G); an error there reads as nil. */
+** (an environment that falls back to _G); an error there reads as nil, but Ctrl-C goes on. */
 static void get_global(enc *e, int env) {
   lua_State *L = e->L;
   if (lua_rawequal(L, env, e->G)) {
@@ -131,6 +131,7 @@ static void get_global(enc *e, int env) {
   lua_pushvalue(L, env);
   lua_rotate(L, -3, 2);
   if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    if (lmp_iserror_type(L, -1, "InterruptedError")) lua_error(L);
     lua_pop(L, 1);
     lua_pushnil(L);
   }

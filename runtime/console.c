@@ -48,9 +48,16 @@
 
 static lua_State *volatile hook_L; /* the state running an interruptible call */
 
+/* Raises InterruptedError in the running code; inside a loop turn, whose callbacks and
+** deliveries run under lmp's own protected calls, an error raised here would be caught there
+** and lost, so the interrupt is left to the wait around the turn instead. */
 static void stop_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
+  if (lmp_loop_busy(L)) {
+    lmp_loop_interrupt_later();
+    return;
+  }
   lmp_raise(L, "InterruptedError", "interrupted by Ctrl-C (SIGINT)");
 }
 

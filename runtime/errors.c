@@ -3,6 +3,7 @@
 ** (the same as the Lua side's mp.Error), made and raised from C.
 */
 #include <stdarg.h>
+#include <string.h>
 
 #include "lmp_int.h"
 
@@ -39,6 +40,14 @@ int lmp_iserror_value(lua_State *L, int idx) {
   luaL_getmetatable(L, "lmp.Error");
   int is = lua_rawequal(L, -1, -2);
   lua_pop(L, 2);
+  return is;
+}
+
+int lmp_iserror_type(lua_State *L, int idx, const char *type) {
+  if (!lmp_iserror_value(L, idx)) return 0;
+  lua_getfield(L, idx, "type");
+  int is = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), type) == 0;
+  lua_pop(L, 1);
   return is;
 }
 

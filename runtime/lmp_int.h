@@ -38,6 +38,8 @@ void lmp__error_metatable(lua_State *L);
 void lmp_error_push(lua_State *L, const char *type, const char *msg);
 /* 1 when the value at idx is an lmp error object (metatable mp.Error). */
 int lmp_iserror_value(lua_State *L, int idx);
+/* 1 when the value at idx is an mp.Error of the given type. */
+int lmp_iserror_type(lua_State *L, int idx, const char *type);
 /* Raises an error object; the message is formatted like lua_pushfstring. Never returns. */
 int lmp_raise(lua_State *L, const char *type, const char *fmt, ...);
 

@@ -237,6 +237,8 @@ void lmp_loop_notify(lmp_loop *lp) {
 
 int lmp_loop_busy(lua_State *L) { return lmp_loop_get(L)->running; }
 
+void lmp_loop_interrupt_later(void) { interrupted = 1; }
+
 void lmp_check_may_block(lua_State *L) {
   if (lmp_loop_get(L)->running)
     lmp_raise(L, "ValueError",
@@ -278,15 +280,21 @@ static void look_once(lmp_loop *lp, lua_State *L) {
 ** libuv 1.44 a timer that is already due when uv_run starts fires before the poll, and the poll
 ** then blocks with no timeout: so the timer (like every event, lmp_loop_notify) calls uv_stop,
 ** which makes that poll return at once, and the deadline is checked before every turn. */
+/* 1 once for a Ctrl-C not yet raised (seen in an earlier wait, or in a callback's code), when
+** the caller is not itself inside a loop turn. */
+static int take_interrupt(lmp_loop *lp) {
+  if (!interrupted || lp->running) return 0;
+  interrupted = 0;
+  return 1;
+}
+
 static int loop_wait(lua_State *L, lmp_ready_fn ready, void *ud, double timeout) {
   lmp_loop *lp = lmp_loop_get(L);
-  if (interrupted && !lp->running) { /* Ctrl-C during an earlier wait of this call */
-    interrupted = 0;
-    return -1;
-  }
+  if (take_interrupt(lp)) return -1;
   if (ready != NULL && ready(L, ud)) return 1;
   if (timeout == 0) {
     look_once(lp, L);
+    if (take_interrupt(lp)) return -1;
     return ready != NULL && ready(L, ud);
   }
   if (lp->running) return -2;
@@ -441,6 +449,7 @@ static int l_run_once(lua_State *L) {
   lp->polling = 1; /* the caller goes back to its own work: results must be announced */
   lmp_loop_run_nowait(L);
   lp->polling = 0;
+  if (take_interrupt(lp)) return lmp_wait_result(L, LMP_WAIT_INTERRUPTED);
   lua_pushboolean(L, 1);
   return 1;
 }

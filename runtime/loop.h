@@ -54,6 +54,9 @@ void lmp_loop_notify(lmp_loop *lp);
 
 /* 1 while the loop of L runs (so the caller is inside a loop callback). */
 int lmp_loop_busy(lua_State *L);
+/* Ctrl-C that reached Lua code inside a loop turn (a callback, a delivery, whose errors lmp
+** catches): kept for the wait around the turn, or the next one, to raise. */
+void lmp_loop_interrupt_later(void);
 /* Raises ValueError when called from inside a loop callback: for blocking calls, just before
 ** they would block. */
 void lmp_check_may_block(lua_State *L);

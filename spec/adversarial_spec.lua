@@ -147,7 +147,7 @@ describe("adversarial: stopping a big call", function()
   it("cancel() of a map_async of 100k one-item chunks takes less than running them all", function()
     local out, err, code = H.run_lmp(prelude .. [[
       local r = pool:map_async(work, t, 1)
-      mp.sleep(0.2)
+      mp.sleep(full / 4) -- a quarter of the way in, however fast this machine runs the tasks
       local c0 = mp.monotonic()
       assert(r:cancel(), "nothing was withdrawn")
       print(("%.3f %.3f"):format(full, mp.monotonic() - c0))
@@ -159,10 +159,10 @@ describe("adversarial: stopping a big call", function()
       ("cancel took %s s; running every task took %s s"):format(took, full))
   end)
 
-  it("a map of 100k one-item chunks that fails half a second in raises before the rest would have run", function()
-    -- Items fail once half a second has passed, when every chunk has been queued.
+  it("a map of 100k one-item chunks that fails a quarter of the way in raises before the rest would have run", function()
+    -- Items fail once a quarter of the full run's time has passed, when every chunk has been queued.
     local out, err, code = H.run_lmp(prelude .. [[
-      local deadline = mp.time() + 0.5
+      local deadline = mp.time() + full / 4
       local f0 = mp.monotonic()
       local ok, e = pcall(pool.map, pool, function(x)
         if mp.time() > deadline then error("late item") end
@@ -181,11 +181,11 @@ describe("adversarial: stopping a big call", function()
   it("Ctrl-C (a real SIGINT) during a map of 100k one-item chunks raises before the rest would have run", function()
     local out, err, code = H.run_lmp(prelude .. [[
       local sent = mp.Value("d", 0)
-      local sender = mp.Process(function(ppid, sent)
-        mp.sleep(0.5)
+      local sender = mp.Process(function(ppid, sent, delay)
+        mp.sleep(delay) -- a quarter of the way in, however fast this machine runs the tasks
         sent.value = mp.monotonic() -- CLOCK_MONOTONIC: one clock for every process
         os.execute("kill -INT " .. ppid)
-      end, { mp.getpid(), sent })
+      end, { mp.getpid(), sent, full / 4 })
       sender:start()
       local ok, e = pcall(pool.map, pool, work, t, 1)
       local back = mp.monotonic()

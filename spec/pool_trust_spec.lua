@@ -126,6 +126,33 @@ describe("a pool users can trust", function()
       assert.matches("took\ttrue\ttrue", out)
     end)
 
+    -- A callback runs under lmp's own protected call, which reports its errors and goes on: a
+    -- Ctrl-C raised inside it would be reported as a callback error and lost to the caller.
+    it("Ctrl-C that lands while a callback runs is raised to the caller, not lost as a callback error", function()
+      local out, err = run([[
+        local mp = require "lmp"
+        local pool = mp.Pool(1)
+        local ran = false
+        pool:apply_async(function() return 1 end, {}, { callback = function()
+          ran = true
+          -- from the background (system() ignores SIGINT while it waits): it arrives mid-spin
+          os.execute(("sh -c 'sleep 0.1; kill -INT %d' &"):format(mp.getpid()))
+          local t = mp.monotonic()
+          while mp.monotonic() - t < 0.6 do end
+        end })
+        local t = mp.monotonic()
+        while mp.monotonic() - t < 0.5 do end -- the result arrives; nothing runs it yet
+        local ok, e = pcall(mp.poll) -- the callback runs in this loop turn, outside any wait
+        print("poll", ran, ok, mp.iserror(e) and e.type)
+        ok, e = pcall(mp.sleep, 0.5)
+        print("next wait", ok, e)
+        pool:terminate()
+      ]], { timeout = 60 })
+      assert.matches("poll	true	false	InterruptedError", out)
+      assert.matches("next wait	true", out)
+      assert.not_matches("error in callback", err)
+    end)
+
     it("breaking out of an imap loop stops its other tasks", function()
       local out = run(WARM .. [[
         local ran = mp.Value("i", 0)
