@@ -106,13 +106,13 @@ static int init_worker_state(lua_State *L) {
 }
 
 lua_State *lmp_new_worker_state(const char *path, const char *cpath) {
-  lua_State *L = luaL_newstate();
+  lua_State *L = lmp__state_new();
   if (L == NULL) return NULL;
   lua_pushcfunction(L, init_worker_state);
   lua_pushlightuserdata(L, (void *)path);
   lua_pushlightuserdata(L, (void *)cpath);
   if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-    lua_close(L);
+    lmp__state_close(L);
     return NULL;
   }
   return L;

@@ -93,9 +93,10 @@ void lmp__encode_scratch(lua_State *L, int idx, lmp_scratch *sc, const char *roo
 
 /* Encodes t[first..first+count-1] (t at idx) as the message of an array table with
 ** n = count, as if that slice had been copied into a table: no copy is made. Error paths
-** name elements root[i] with their index in t. */
-void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
-                       lmp_buf *out, lmp_fdvec *fds, const char *root);
+** name elements root[i] with their index in t. Returns how many objects (tables, functions,
+** userdata, strings sent in full) the message makes the receiver build. */
+size_t lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                         lmp_buf *out, lmp_fdvec *fds, const char *root);
 
 /* Decodes a message holding an array table (what lmp__encode_range makes) straight into
 ** t[offset..offset+narr-1] (t at stack index t), without making the table; returns narr.

@@ -129,13 +129,14 @@ lua_Integer lmp__enc_number(enc *e, const void *p, int *isnew) {
       e->few[e->nfew] = p;
       e->fewoff[e->nfew++] = (uint32_t)here;
       *isnew = 1;
+      e->nobj++;
       return (lua_Integer)here;
     }
     objs_to_map(e);
   }
   lmp_pment *x = lmp__pmap_put(&e->scratch->objs, p, isnew);
   if (x == NULL) fail(e, "out of memory");
-  if (*isnew) x->v = (uint32_t)here;
+  if (*isnew) x->v = (uint32_t)here, e->nobj++;
   return (lua_Integer)x->v;
 }
 
@@ -177,6 +178,7 @@ static void put_memo_string(enc *e, uint32_t *off, const char *s, size_t n) {
     uint64_t here = e->out->len - e->start;
     *off = here < NOCOPY ? (uint32_t)here : NOCOPY;
   }
+  e->nobj++;
   p[0] = T_STR;
   p[1] = (unsigned char)n;
   for (size_t i = 0; i < n; i++) p[2 + i] = (unsigned char)s[i];
@@ -226,6 +228,7 @@ void lmp__enc_string(enc *e, const char *s, size_t n) {
   if (n - 1 >= CODEC_MEMO_MAX) {
     put_byte(e, T_STR);
     put_str(e, s, n);
+    e->nobj++;
     return;
   }
   if (e->nsfew >= 0) {
@@ -389,6 +392,7 @@ static void enc_init(enc *e, lua_State *L, lmp_buf *out, lmp_fdvec *fds, const c
   e->fds = fds;
   e->root = root ? root : "value";
   e->has_func = 0;
+  e->nobj = 0;
   e->nfew = e->nsfew = 0;
   e->scratch = sc;
   e->cached = sc != NULL;
@@ -459,8 +463,8 @@ void lmp__encode_scratch(lua_State *L, int idx, lmp_scratch *sc, const char *roo
   lua_settop(L, top);
 }
 
-void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
-                       lmp_buf *out, lmp_fdvec *fds, const char *root) {
+size_t lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer count,
+                         lmp_buf *out, lmp_fdvec *fds, const char *root) {
   enc e;
   idx = lua_absindex(L, idx);
   int top = lua_gettop(L);
@@ -475,4 +479,5 @@ void lmp__encode_range(lua_State *L, int idx, lua_Integer first, lua_Integer cou
   put_int(&e, count);
   enc_finish(&e);
   lua_settop(L, top);
+  return e.nobj;
 }

@@ -33,6 +33,7 @@ typedef struct enc {
   lmp_fdvec *fds;
   const char *root;
   int has_func; /* a function record was written: the message gets a MAC */
+  size_t nobj;  /* tables, functions, userdata and strings written in full so far */
   /* identity: addresses of objects sent, with the offsets of their records, in `few` while
   ** they fit, then in the scratch's map */
   int nfew;

@@ -116,6 +116,18 @@ void lmp__std_fds_open(void);
 double lmp_now(void);        /* wall clock, seconds */
 double lmp_monotonic(void);  /* monotonic clock, seconds */
 
+/* ---- lmp's own Lua states (alloc.c) ---- */
+typedef struct lmp_alloc lmp_alloc;
+/* A new Lua state on lmp's allocator (slabs for Lua's small blocks, malloc for the others),
+** with a panic and a warning function as luaL_newstate gives; NULL when out of memory. */
+lua_State *lmp__state_new(void);
+/* Closes a state made by lmp__state_new and frees its allocator. */
+void lmp__state_close(lua_State *L);
+/* The allocator of L when it is lmp's, else NULL. */
+lmp_alloc *lmp__alloc_of(lua_State *L);
+/* Gives the system the empty slabs a kept for reuse (a may be NULL). */
+void lmp__alloc_trim(lmp_alloc *a);
+
 /* ---- worker states ---- */
 /* Creates a fresh Lua state for a child: standard libraries, lmp preloaded, package paths
 ** as given. Returns NULL when memory is exhausted. */

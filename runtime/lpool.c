@@ -149,33 +149,54 @@ typedef struct chunking {
   lmp_fnent *f;
   int kind;
   lua_Integer n, chunksize; /* chunksize 0: the default, guided (see next_count) */
+  lua_Integer ramp;         /* the default's next size before the caps */
+  lua_Integer cap;          /* the most items whose weight fits CHUNK_WEIGHT (0: not known) */
 } chunking;
+
+/* The weight of a chunk stands for the memory a worker goes through for it: what the message
+** makes the worker build (CHUNK_OBJ bytes per table or string, about what Lua spends on one)
+** and a quarter of its bytes (numbers and long strings are read in bulk). Default chunks are
+** kept at about CHUNK_WEIGHT, so a worker's data stays in its caches and memory it reuses:
+** a chunk of 200k records built and dropped at once costs it twice the time of 500 chunks. */
+#define CHUNK_OBJ 64
+#define CHUNK_WEIGHT (128u << 10)
 
 /* The size of the next chunk from start. A given chunksize is kept. The default holds CPython's
 ** ceil(n / (4 * processes)) as its largest chunk, but the first chunks are smaller (1/16 of it,
 ** doubling), so workers start while the parent still encodes, and the last ones shrink with
-** what is left (a quarter of it per process), so no worker finishes long after the others. */
-static lua_Integer next_count(chunking *k, lua_Integer start, lua_Integer *ramp) {
+** what is left (a quarter of it per process), so no worker finishes long after the others;
+** and none weighs much more than CHUNK_WEIGHT (see chunk_weighed). */
+static lua_Integer next_count(chunking *k, lua_Integer start) {
   lua_Integer left = k->n - start + 1;
   if (k->chunksize > 0) return left < k->chunksize ? left : k->chunksize;
   lua_Integer parts = 4 * (lua_Integer)k->p->processes;
   lua_Integer most = (k->n + parts - 1) / parts;
-  if (*ramp == 0) *ramp = most / 16 > 0 ? most / 16 : 1;
+  if (k->ramp == 0) k->ramp = most / 16 > 0 ? most / 16 : 1;
   lua_Integer count = (left + parts - 1) / parts;
-  if (count > *ramp) count = *ramp;
-  if (*ramp < most) *ramp = *ramp * 2 < most ? *ramp * 2 : most;
+  if (count > k->ramp) count = k->ramp;
+  if (k->cap > 0 && count > k->cap) count = k->cap;
+  if (k->ramp < most) k->ramp = k->ramp * 2 < most ? k->ramp * 2 : most;
   return count > 0 ? count : 1;
+}
+
+/* Learns from the chunk just encoded (count items, arglen bytes, objs objects) how many items
+** the next may hold. */
+static void chunk_weighed(chunking *k, lua_Integer count, size_t arglen, size_t objs) {
+  double weight = (double)objs * CHUNK_OBJ + (double)arglen / 4;
+  double fit = weight > 0 ? (double)count * CHUNK_WEIGHT / weight : 0;
+  k->cap = fit >= 1e15 || fit <= 0 ? 0 : fit < 1 ? 1 : (lua_Integer)fit;
 }
 
 /* Protected (seq at 1, chunking at 2): submits every chunk, each as soon as it is encoded, so
 ** the workers start on the first while the rest is encoded. */
 static int psubmit_chunks(lua_State *L) {
   chunking *k = lua_touserdata(L, 2);
-  lua_Integer ramp = 0, count;
+  lua_Integer count;
   for (lua_Integer start = 1; start <= k->n; start += count) {
-    count = next_count(k, start, &ramp);
+    count = next_count(k, start);
     k->f->refs++; /* the task's own */
     ptask *t = lmp_pool_task(L, k->p, k->c, k->kind, k->f, 1, start, count, "seq");
+    chunk_weighed(k, count, t->t.arglen, k->p->last_objs);
     lmp_pool_submit(L, k->p, t);
   }
   return 0;
@@ -199,7 +220,7 @@ static int l_map(lua_State *L) {
   c->kind_of_tasks = kind == K_STARMAP ? K_STARMAP : K_MAP;
   c->open = 1;
   lmp_call_new_results(L, res, (int)n);
-  chunking k = {p, c, lmp_pool_fn(L, p, 3), c->kind_of_tasks, n, chunksize};
+  chunking k = {p, c, lmp_pool_fn(L, p, 3), c->kind_of_tasks, n, chunksize, 0, 0};
   lmp_call_register(L, c, res);
   lua_pushcfunction(L, psubmit_chunks);
   lua_pushvalue(L, 4);

@@ -15,6 +15,7 @@
 #include <lualib.h>
 
 #include "lmp.h"
+#include "lmp_int.h"
 
 static const char *progname = "lmp";
 static int exit_status = -1; /* set by a mode that chooses its own status (--map) */
@@ -289,7 +290,7 @@ int main(int argc, char **argv) {
   rl_readline_name = "lmp";
   int served = lmp_worker_main(argc, argv);
   if (served != 0) return served;
-  lua_State *L = luaL_newstate();
+  lua_State *L = lmp__state_new();
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
     return EXIT_FAILURE;
@@ -300,7 +301,7 @@ int main(int argc, char **argv) {
   int status = lua_pcall(L, 2, 1, 0);
   int ok = lua_toboolean(L, -1);
   report(L, status);
-  lua_close(L);
+  lmp__state_close(L);
   if (status == LUA_OK && exit_status >= 0) return exit_status;
   return (ok && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -326,13 +326,14 @@ typedef struct encjob {
   lmp_fdvec *fds;
   const char *root;
   int64_t first, count;
+  size_t objs;
 } encjob;
 
 /* Protected: encodes the value at 1 (or its slice) as the job says. */
 static int pencode(lua_State *L) {
   encjob *j = lua_touserdata(L, 2);
   if (j->count < 0) lmp__encode_named(L, 1, j->out, j->fds, j->root);
-  else lmp__encode_range(L, 1, j->first, j->count, j->out, j->fds, j->root);
+  else j->objs = lmp__encode_range(L, 1, j->first, j->count, j->out, j->fds, j->root);
   return 0;
 }
 
@@ -379,7 +380,7 @@ ptask *lmp_pool_task(lua_State *L, lmp_pool *p, lmp_call *c, int kind, lmp_fnent
                      int64_t first, int64_t count, const char *root) {
   p->scratch.len = 0;
   p->fdv.n = 0;
-  encjob j = {&p->scratch, &p->fdv, root, first, count};
+  encjob j = {&p->scratch, &p->fdv, root, first, count, 0};
   lua_pushcfunction(L, pencode);
   lua_pushvalue(L, argidx);
   lua_pushlightuserdata(L, &j);
@@ -393,6 +394,7 @@ ptask *lmp_pool_task(lua_State *L, lmp_pool *p, lmp_call *c, int kind, lmp_fnent
     lmp_raise(L, "SerializationError", "%s: more than 64 descriptors in one task", root);
   }
   size_t arglen = p->scratch.len;
+  p->last_objs = j.objs;
   ptask *t = calloc(1, sizeof *t + (arglen <= ARGS_INLINE ? arglen : 0));
   if (t == NULL || take_args(p, t, arglen) != 0) {
     free(t);
@@ -463,11 +465,14 @@ void lmp_pool_submit(lua_State *L, lmp_pool *p, ptask *t) {
     settle_lost(p, t, LOST_TERMINATED, "the pool was terminated before the task ran", 0, 0);
     return;
   }
+  size_t weight = 1 + t->t.arglen / PUMP_BYTES;
   queue_push(p, t, 0);
   pump(p);
   /* a long run of submits: let results in and more tasks out now and then, so the workers are
-  ** not idle while the caller is still submitting */
-  if (++p->since_pump >= PUMP_EVERY && p->nqueued > 0) {
+  ** not idle while the caller is still submitting (a big task counts for more: it took longer
+  ** to encode, and the workers get through their windows sooner) */
+  p->since_pump += weight;
+  if (p->since_pump >= PUMP_EVERY && p->nqueued > 0) {
     p->since_pump = 0;
     lmp_loop_run_nowait(L);
   }

@@ -22,6 +22,7 @@
 #define WINDOW_MEDIUM 5e-4        /* ... longer than this: 4 */
 #define WINDOW_QUICK 1e-4         /* ... longer than this: 32; quicker: WINDOW_MAX */
 #define PUMP_EVERY 32             /* submits between two looks at the loop during a long submit */
+#define PUMP_BYTES 1024           /* ... each this many bytes of arguments counting as one more */
 #define TIMEOUT_CHECK_MS 10       /* how often tasks with a timeout are checked */
 #define BROKEN_AFTER 9            /* failed starts in a row (weighted, see lmp_pool_worker_failed) */
 #define ARGS_INLINE 256           /* arguments this small live in the task's own allocation */
@@ -126,7 +127,8 @@ typedef struct lmp_pool {
   int calls;               /* registry ref: the table of calls with tasks in flight */
   int delivering;
   ptask *current;          /* the task being delivered (when delivering it raises) */
-  int since_pump;
+  size_t since_pump;       /* weight of the submits since the last look at the loop */
+  size_t last_objs;        /* objects in the last slice encoded (lmp__encode_range) */
   uv_timer_t timer;        /* overdue-task check */
   uv_check_t check;        /* after the poll: deliver */
   uv_idle_t idle;          /* results wait for delivery: the poll must not block */
