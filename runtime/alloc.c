@@ -9,8 +9,11 @@
 **  - A slab that has no block in use any more is kept for reuse (a few, per state) or unmapped,
 **    so a state that made and dropped much garbage shrinks back; lmp__alloc_trim drops the
 **    kept ones too.
-** Caveat: sanitizer builds, and any process started with LMP_ALLOC=system, use realloc/free for
-** every block, so ASan and valgrind see each one.
+**  - Under AddressSanitizer every block outside use is poisoned (a free block but for the word
+**    that links it), and a block in use past the size Lua asked for, so ASan reports a use after
+**    free or an overflow inside a slab as it does for malloc's blocks.
+** Caveat: a process started with LMP_ALLOC=system uses realloc/free for every block (for
+** valgrind, which does not see inside the slabs).
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -21,14 +24,19 @@
 #include "lmp_int.h"
 
 #if defined(__SANITIZE_ADDRESS__)
-#define SYSTEM_ONLY 1
+#define LMP_ASAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
-#define SYSTEM_ONLY 1
+#if __has_feature(address_sanitizer)
+#define LMP_ASAN 1
 #endif
 #endif
-#ifndef SYSTEM_ONLY
-#define SYSTEM_ONLY 0
+#ifdef LMP_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
 #define SLAB_SHIFT 16
@@ -103,6 +111,7 @@ static slab *new_slab(lmp_alloc *a, unsigned cls) {
   s->end = s->bump + (SLAB - HEAD) / size * size;
   s->live = 0;
   s->cls = (uint16_t)cls;
+  POISON(s->bump, (size_t)(s->end - s->bump));
   link_room(a, s);
   return s;
 }
@@ -110,6 +119,7 @@ static slab *new_slab(lmp_alloc *a, unsigned cls) {
 /* The slab s has no block in use: kept for reuse, or given back. */
 static void drop_slab(lmp_alloc *a, slab *s) {
   if (s->listed) unlink_room(a, s);
+  UNPOISON((char *)s + HEAD, SLAB - HEAD); /* whatever class it serves next */
   if (a->nspare < SPARE_MAX) {
     s->next = a->spare;
     a->spare = s;
@@ -121,7 +131,8 @@ static void drop_slab(lmp_alloc *a, slab *s) {
 
 /* ---- blocks ---- */
 
-static void *small_alloc(lmp_alloc *a, unsigned cls) {
+/* A block of class cls for n bytes. */
+static void *small_alloc(lmp_alloc *a, unsigned cls, size_t n) {
   slab *s = a->room[cls];
   if (s == NULL && (s = new_slab(a, cls)) == NULL) return NULL;
   void *p = s->free;
@@ -133,11 +144,14 @@ static void *small_alloc(lmp_alloc *a, unsigned cls) {
   }
   s->live++;
   if (s->free == NULL && s->bump >= s->end) unlink_room(a, s); /* full */
+  UNPOISON(p, n);
   return p;
 }
 
 static void small_free(lmp_alloc *a, void *p) {
   slab *s = slab_of(p);
+  POISON(p, (size_t)s->cls * GRAIN);
+  UNPOISON(p, sizeof(void *)); /* the link */
   *(void **)p = s->free;
   s->free = p;
   if (--s->live == 0) drop_slab(a, s);
@@ -146,7 +160,7 @@ static void small_free(lmp_alloc *a, void *p) {
 
 /* Moves a block to a new one of nsize bytes (small or not), as realloc does. */
 static void *move_block(lmp_alloc *a, void *p, size_t osize, size_t nsize) {
-  void *q = nsize <= SMALL_MAX ? small_alloc(a, class_of(nsize)) : malloc(nsize);
+  void *q = nsize <= SMALL_MAX ? small_alloc(a, class_of(nsize), nsize) : malloc(nsize);
   if (q == NULL || p == NULL) return q;
   memcpy(q, p, osize < nsize ? osize : nsize);
   if (osize <= SMALL_MAX) small_free(a, p);
@@ -166,8 +180,12 @@ static void *slab_alloc(void *ud, void *p, size_t osize, size_t nsize) {
   }
   if (osize <= SMALL_MAX && nsize <= SMALL_MAX) {
     unsigned cls = class_of(nsize);
-    if (p == NULL) return small_alloc(a, cls);
-    if (class_of(osize) == cls) return p;
+    if (p == NULL) return small_alloc(a, cls, nsize);
+    if (class_of(osize) == cls) {
+      POISON(p, (size_t)cls * GRAIN);
+      UNPOISON(p, nsize);
+      return p;
+    }
     return move_block(a, p, osize, nsize);
   }
   if (osize > SMALL_MAX && nsize > SMALL_MAX) return realloc(p, nsize);
@@ -214,7 +232,6 @@ static void warn(void *ud, const char *msg, int tocont) {
 }
 
 static int use_system(void) {
-  if (SYSTEM_ONLY) return 1;
   const char *e = getenv("LMP_ALLOC");
   return e != NULL && strcmp(e, "system") == 0;
 }
