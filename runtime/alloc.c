@@ -11,7 +11,8 @@
 **    kept ones too.
 **  - Under AddressSanitizer every block outside use is poisoned (a free block but for the word
 **    that links it), and a block in use past the size Lua asked for, so ASan reports a use after
-**    free or an overflow inside a slab as it does for malloc's blocks.
+**    free or an overflow inside a slab as it does for malloc's blocks; its leak checker scans
+**    the slabs as roots, so the big blocks they point to count as in use.
 ** Caveat: a process started with LMP_ALLOC=system uses realloc/free for every block (for
 ** valgrind, which does not see inside the slabs).
 */
@@ -32,11 +33,17 @@
 #endif
 #ifdef LMP_ASAN
 #include <sanitizer/asan_interface.h>
+#include <sanitizer/lsan_interface.h>
 #define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+/* the leak checker scans slabs as it scans the heap: malloc's blocks they point to are in use */
+#define ROOT(p, n) __lsan_register_root_region((p), (n))
+#define UNROOT(p, n) __lsan_unregister_root_region((p), (n))
 #else
 #define POISON(p, n) ((void)(p), (void)(n))
 #define UNPOISON(p, n) ((void)(p), (void)(n))
+#define ROOT(p, n) ((void)(p), (void)(n))
+#define UNROOT(p, n) ((void)(p), (void)(n))
 #endif
 
 #define SLAB_SHIFT 16
@@ -78,7 +85,13 @@ static slab *map_slab(void) {
   size_t head = a - (uintptr_t)p;
   if (head > 0) munmap(p, head);
   munmap((char *)a + SLAB, SLAB - head);
+  ROOT((void *)a, SLAB);
   return (slab *)a;
+}
+
+static void unmap_slab(slab *s) {
+  UNROOT(s, SLAB);
+  munmap(s, SLAB);
 }
 
 static void link_room(lmp_alloc *a, slab *s) {
@@ -125,7 +138,7 @@ static void drop_slab(lmp_alloc *a, slab *s) {
     a->spare = s;
     a->nspare++;
   } else {
-    munmap(s, SLAB);
+    unmap_slab(s);
   }
 }
 
@@ -264,7 +277,7 @@ void lmp__alloc_trim(lmp_alloc *a) {
   while (a->spare != NULL) {
     slab *s = a->spare;
     a->spare = s->next;
-    munmap(s, SLAB);
+    unmap_slab(s);
   }
   a->nspare = 0;
 }
