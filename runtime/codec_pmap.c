@@ -9,13 +9,11 @@
 
 #include "codec_pmap.h"
 
-#define LONG_PROBE 64
-
 /* Moves the live entries of m into a table of capacity cap (a power of 2); -1 on no memory. */
-static int rehash(lmp_pmap *m, size_t cap, int spread) {
+static int rehash(lmp_pmap *m, size_t cap) {
   lmp_pment *e = calloc(cap, sizeof *e);
   if (e == NULL) return -1;
-  lmp_pmap to = {e, cap - 1, m->n, m->gen, spread, 64};
+  lmp_pmap to = {e, cap - 1, m->n, m->gen, 64};
   for (size_t c = cap; c > 1; c >>= 1) to.shift--;
   for (size_t i = 0; m->e != NULL && i <= m->mask; i++) {
     const lmp_pment *x = &m->e[i];
@@ -33,17 +31,13 @@ lmp_pment *lmp__pmap_put(lmp_pmap *m, const void *p, int *isnew) {
   *isnew = 0;
   if (m->e == NULL || 2 * (m->n + 1) > m->mask + 1) {
     size_t cap = m->e == NULL ? 64 : 2 * (m->mask + 1);
-    if (cap > ((size_t)-1) / (2 * sizeof(lmp_pment)) || rehash(m, cap, m->spread) != 0)
+    if (cap > ((size_t)-1) / (2 * sizeof(lmp_pment)) || rehash(m, cap) != 0)
       return NULL;
   }
-  size_t i = lmp__pmap_hash(m, p), probes = 0;
+  size_t i = lmp__pmap_hash(m, p);
   while (m->e[i].k != NULL && m->e[i].gen == m->gen) {
     if (m->e[i].k == p) return &m->e[i];
     i = (i + 1) & m->mask;
-    if (++probes == LONG_PROBE && !m->spread) { /* an unlucky stride: spread the keys */
-      if (rehash(m, m->mask + 1, 1) != 0) return NULL;
-      return lmp__pmap_put(m, p, isnew);
-    }
   }
   m->e[i].k = p;
   m->e[i].v = 0;

@@ -23,21 +23,17 @@ typedef struct lmp_pmap {
   size_t mask; /* capacity - 1 (0 with no storage) */
   size_t n;    /* live entries */
   uint32_t gen;
-  int spread;  /* 1: keys hashed with Fibonacci hashing (after a long probe) */
   int shift;   /* 64 - log2(capacity) */
 } lmp_pmap;
 
-/* The home slot of address p. Small maps: Fibonacci hashing (the top bits of p times
-** 2^64 / phi, so aligned addresses, whose low bits are all zero, still spread). Large ones
-** keep an object's place within its 4 KiB page and scatter the pages: objects made one after
-** the other sit in neighbouring slots, so a message walked in about the order its tables
-** were built touches the map in order instead of missing the cache at every object. A map
-** that ever sees a long probe sequence switches to Fibonacci hashing for good. */
+/* The home slot of address p: Fibonacci hashing (the top bits of p times 2^64 / phi), so
+** aligned addresses, whose low bits are all zero, and runs of objects at a fixed stride (lmp's
+** allocator puts tables 64 bytes apart, alloc.c) still spread. The callers prefetch slots a
+** few objects ahead, so a big map's cache misses overlap. (Keeping an object's place within its
+** page to walk the map in order suited malloc's layout only, and cost 1.6× on records in
+** lmp's slabs, where pages of tables collide slot for slot.) */
 static inline size_t lmp__pmap_hash(const lmp_pmap *m, const void *p) {
-  uint64_t a = (uint64_t)(uintptr_t)p;
-  if (m->spread || m->mask < 1024) return (size_t)((a * 0x9E3779B97F4A7C15ull) >> m->shift);
-  uint64_t page = ((a >> 12) * 0x9E3779B97F4A7C15ull) >> m->shift;
-  return (size_t)((page << 8) ^ ((a >> 4) & 0xff)) & m->mask;
+  return (size_t)(((uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ull) >> m->shift);
 }
 
 /* Starts loading the home slot of p into the cache. */
