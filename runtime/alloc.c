@@ -8,7 +8,7 @@
 **    size class follows from the size, and the slab from the address (slabs are aligned).
 **  - A slab that has no block in use any more is kept for reuse (a few, per state) or unmapped,
 **    so a state that made and dropped much garbage shrinks back; lmp__alloc_trim drops the
-**    kept ones too.
+**    kept ones (and the slabs mapped ahead, RESERVE at a time) too.
 **  - Under AddressSanitizer every block outside use is poisoned (a free block but for the word
 **    that links it), and a block in use past the size Lua asked for, so ASan reports a use after
 **    free or an overflow inside a slab as it does for malloc's blocks; its leak checker scans
@@ -52,7 +52,8 @@
 #define SMALL_MAX 512                /* bigger blocks come from malloc */
 #define NCLASS (SMALL_MAX / GRAIN)   /* classes 1..NCLASS: blocks of class * GRAIN bytes */
 #define HEAD 64                      /* the slab's header, before its first block */
-#define SPARE_MAX 16                  /* empty slabs kept for reuse */
+#define SPARE_MAX 16                 /* empty slabs kept for reuse */
+#define RESERVE 16                   /* slabs mapped at a time */
 
 typedef struct slab {
   struct slab *next, *prev; /* in its class's list of slabs with room */
@@ -67,6 +68,8 @@ struct lmp_alloc {
   slab *room[NCLASS + 1]; /* per class: slabs with a free block, most recently freed into first */
   slab *spare;            /* empty slabs kept, linked by next */
   int nspare;
+  char *reserve;          /* slabs mapped, never used yet: nreserve of them from here */
+  int nreserve;
 };
 
 static inline unsigned class_of(size_t n) { return (unsigned)((n + GRAIN - 1) / GRAIN); }
@@ -77,16 +80,30 @@ static inline slab *slab_of(const void *p) {
 
 /* ---- slabs ---- */
 
-/* A fresh SLAB-aligned mapping of SLAB bytes, or NULL. */
-static slab *map_slab(void) {
-  char *p = mmap(NULL, 2 * SLAB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return NULL;
-  uintptr_t a = ((uintptr_t)p + SLAB - 1) & ~(uintptr_t)(SLAB - 1);
-  size_t head = a - (uintptr_t)p;
+/* Maps n SLAB-aligned slabs (n + 1 slabs' worth, the ends trimmed) into a's reserve; 0 when
+** the system refuses. */
+static int map_reserve(lmp_alloc *a, size_t n) {
+  char *p = mmap(NULL, (n + 1) * SLAB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return 0;
+  uintptr_t at = ((uintptr_t)p + SLAB - 1) & ~(uintptr_t)(SLAB - 1);
+  size_t head = at - (uintptr_t)p;
   if (head > 0) munmap(p, head);
-  munmap((char *)a + SLAB, SLAB - head);
-  ROOT((void *)a, SLAB);
-  return (slab *)a;
+  munmap((char *)at + n * SLAB, SLAB - head);
+  a->reserve = (char *)at;
+  a->nreserve = (int)n;
+  return 1;
+}
+
+/* A fresh slab from the reserve, which is mapped RESERVE slabs at a time (a state's start
+** uses a score of classes: one system call, not three per slab), or one at a time when memory
+** is short. NULL when there is none. */
+static slab *map_slab(lmp_alloc *a) {
+  if (a->nreserve == 0 && !map_reserve(a, RESERVE) && !map_reserve(a, 1)) return NULL;
+  slab *s = (slab *)a->reserve;
+  a->reserve += SLAB;
+  a->nreserve--;
+  ROOT((void *)s, SLAB);
+  return s;
 }
 
 static void unmap_slab(slab *s) {
@@ -115,7 +132,7 @@ static slab *new_slab(lmp_alloc *a, unsigned cls) {
   if (s != NULL) {
     a->spare = s->next;
     a->nspare--;
-  } else if ((s = map_slab()) == NULL) {
+  } else if ((s = map_slab(a)) == NULL) {
     return NULL;
   }
   size_t size = (size_t)cls * GRAIN;
@@ -280,6 +297,8 @@ void lmp__alloc_trim(lmp_alloc *a) {
     unmap_slab(s);
   }
   a->nspare = 0;
+  if (a->nreserve > 0) munmap(a->reserve, (size_t)a->nreserve * SLAB);
+  a->nreserve = 0;
 }
 
 lmp_alloc *lmp__alloc_of(lua_State *L) {
