@@ -13,8 +13,12 @@
 **    that links it), and a block in use past the size Lua asked for, so ASan reports a use after
 **    free or an overflow inside a slab as it does for malloc's blocks; its leak checker scans
 **    the slabs as roots, so the big blocks they point to count as in use.
-** Caveat: a process started with LMP_ALLOC=system uses realloc/free for every block (for
-** valgrind, which does not see inside the slabs).
+** Who uses it: children's states (pool workers, Process children, the Manager's server), which
+** build what a task brings, run it and drop it, message after message, and reuse that memory
+** at once from the slabs (a map over records: 2.3x CPython on malloc, 3-3.9x on slabs). The
+** executable's own state keeps malloc: it holds the user's data, and the encoder walks data
+** made by malloc faster (mp.encode of 100k records: 2.9-3.2 M/s against 2.0-2.2 M/s).
+** LMP_ALLOC=system (for valgrind, which does not see inside the slabs) or =slabs overrides.
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -261,15 +265,18 @@ static void warn(void *ud, const char *msg, int tocont) {
   fflush(stderr);
 }
 
-static int use_system(void) {
+/* Slabs or not: as asked, unless LMP_ALLOC says "system" or "slabs". */
+static int use_slabs(int slabs) {
   const char *e = getenv("LMP_ALLOC");
-  return e != NULL && strcmp(e, "system") == 0;
+  if (e != NULL && strcmp(e, "system") == 0) return 0;
+  if (e != NULL && strcmp(e, "slabs") == 0) return 1;
+  return slabs;
 }
 
-lua_State *lmp__state_new(void) {
+lua_State *lmp__state_new(int slabs) {
   static warner w; /* one per process: a process runs one state of its own */
   lmp_alloc *a = NULL;
-  if (!use_system() && (a = calloc(1, sizeof *a)) == NULL) return NULL;
+  if (use_slabs(slabs) && (a = calloc(1, sizeof *a)) == NULL) return NULL;
   lua_State *L = lua_newstate(a ? slab_alloc : system_alloc, a);
   if (L == NULL) {
     free(a);

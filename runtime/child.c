@@ -106,7 +106,7 @@ static int init_worker_state(lua_State *L) {
 }
 
 lua_State *lmp_new_worker_state(const char *path, const char *cpath) {
-  lua_State *L = lmp__state_new();
+  lua_State *L = lmp__state_new(1);
   if (L == NULL) return NULL;
   lua_pushcfunction(L, init_worker_state);
   lua_pushlightuserdata(L, (void *)path);

@@ -193,8 +193,7 @@ static uint32_t *memo_slot(enc *e, const char *s) {
     sc->strs = calloc(LMP_STRMEMO, sizeof *sc->strs);
     if (sc->strs == NULL) fail(e, "out of memory");
   }
-  size_t h = (size_t)(((uint64_t)(uintptr_t)s * 0x9E3779B97F4A7C15ull) >> 40);
-  lmp_strmemo *m = &sc->strs[(h & (LMP_STRMEMO / 2 - 1)) * 2]; /* m[0]: used last */
+  lmp_strmemo *m = lmp__memo_set(sc->strs, s); /* m[0]: used last */
   uint32_t gen = sc->strgen;
   if (m[0].s == s && m[0].gen == gen) return &m[0].off;
   if (m[1].s == s && m[1].gen == gen) {

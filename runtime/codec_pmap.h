@@ -69,6 +69,12 @@ typedef struct lmp_strmemo {
   uint32_t gen;
 } lmp_strmemo;
 
+/* The memo's set (two slots) for the string at s, in slots strs. */
+static inline lmp_strmemo *lmp__memo_set(lmp_strmemo *strs, const char *s) {
+  size_t h = (size_t)(((uint64_t)(uintptr_t)s * 0x9E3779B97F4A7C15ull) >> 40);
+  return &strs[(h & (LMP_STRMEMO / 2 - 1)) * 2];
+}
+
 /* What the encoder needs beyond its stack frame, kept per Lua state between messages (until
 ** the garbage collector takes it): the identity map; the memo of short strings, a two-way
 ** set-associative cache from address to offset that forgets — a string that lost its slot is

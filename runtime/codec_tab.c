@@ -174,10 +174,12 @@ static int64_t put_pairs_direct(enc *e, const lmp_ltable *t, lua_Integer narr) {
   ** tables' slots of the identity map), so their cache misses overlap instead of following
   ** one another */
   const lmp_pmap *objs = e->nfew < 0 ? &e->scratch->objs : NULL;
+  lmp_strmemo *memo = e->nsfew < 0 ? e->scratch->strs : NULL; /* and the strings' memo slots */
   for (size_t i = 0; i < nodes; i++) {
     unsigned char tt = t->node[i].tt;
     if (tt == TV_TABLE || TV_ISSTR(tt)) __builtin_prefetch(t->node[i].v.p);
     if (tt == TV_TABLE && objs) lmp__pmap_prefetch(objs, t->node[i].v.p);
+    if (tt == TV_SHRSTR && memo) __builtin_prefetch(lmp__memo_set(memo, LMP_TS_STR(t->node[i].v.p)));
   }
   push_frame(e, F_KEYOF, 0, 0, NULL);
   frame *f = &e->frames[e->nframe - 1];

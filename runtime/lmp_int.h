@@ -118,9 +118,10 @@ double lmp_monotonic(void);  /* monotonic clock, seconds */
 
 /* ---- lmp's own Lua states (alloc.c) ---- */
 typedef struct lmp_alloc lmp_alloc;
-/* A new Lua state on lmp's allocator (slabs for Lua's small blocks, malloc for the others),
-** with a panic and a warning function as luaL_newstate gives; NULL when out of memory. */
-lua_State *lmp__state_new(void);
+/* A new Lua state, with a panic and a warning function as luaL_newstate gives: on lmp's
+** allocator (slabs for Lua's small blocks, malloc for the others) when slabs is 1, on
+** realloc/free when 0 (LMP_ALLOC overrides, see alloc.c); NULL when out of memory. */
+lua_State *lmp__state_new(int slabs);
 /* Closes a state made by lmp__state_new and frees its allocator. */
 void lmp__state_close(lua_State *L);
 /* The allocator of L when it is lmp's, else NULL. */

@@ -290,7 +290,7 @@ int main(int argc, char **argv) {
   rl_readline_name = "lmp";
   int served = lmp_worker_main(argc, argv);
   if (served != 0) return served;
-  lua_State *L = lmp__state_new();
+  lua_State *L = lmp__state_new(0);
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
     return EXIT_FAILURE;

@@ -58,7 +58,7 @@ static int intact(const unsigned char *p, size_t n, unsigned seed) {
 }
 
 static void test_blocks(void) {
-  lua_State *L = lmp__state_new();
+  lua_State *L = lmp__state_new(1);
   CHECK(L != NULL, "no state");
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
@@ -100,7 +100,7 @@ static void test_blocks(void) {
 
 /* Tables, strings and closures made and dropped in waves, with full collections between. */
 static void test_lua_churn(void) {
-  lua_State *L = lmp__state_new();
+  lua_State *L = lmp__state_new(1);
   luaL_openlibs(L);
   const char *code =
       "local keep = {}\n"
