@@ -172,8 +172,8 @@ void lmp_pool_terminate(lmp_pool *p);
 /* Delivers every settled task to its call (decoding, callbacks); runs Lua, protected. */
 void lmp_pool_deliver(lua_State *L, lmp_pool *p);
 
-/* The window (tasks in flight per worker) for the stream of task t. */
-int lmp_pool_window(const ptask *t);
+/* The window (tasks in flight per worker) for the stream of task t, in p as it is now. */
+int lmp_pool_window(const lmp_pool *p, const ptask *t);
 
 /* ---- result.c: calls ---- */
 
