@@ -45,7 +45,8 @@ function mp.sleep(seconds, ...)
   errors.check_nargs(1 + select("#", ...), 1, "sleep")
   if type(seconds) ~= "number" then errors.typeerror("sleep", "seconds", "a number", seconds) end
   if seconds ~= seconds or seconds < 0 then
-    errors.argerror("sleep", 1, "non-negative number expected, got " .. tostring(seconds))
+    errors.argerror("sleep", 1, "non-negative number expected, got " ..
+      (seconds ~= seconds and "NaN" or tostring(seconds)))
   end
   core.sleep(seconds)
 end
