@@ -133,8 +133,8 @@ function W.check_rule(c)
   local function run(t, helper_delay)
     local ok, s = pcall(c.make, t)
     if not ok then return false, s end
+    local t0 = mp.monotonic() -- before the helper starts: it unblocks no sooner than delay after
     local h = helper_delay and W.helper(c, s, helper_delay)
-    local t0 = mp.monotonic()
     local ok2, r = pcall(c.call, s, t)
     local took = mp.monotonic() - t0
     if h then assert(h:join(30) == 0, c.name .. ": the helper failed") end
