@@ -319,12 +319,8 @@ void lmp__enc_handle(enc *e, int idx) {
 static void encode_function(enc *e, int idx) {
   lua_State *L = e->L;
   const void *p = lua_topointer(L, idx);
-  int isnew;
-  lua_Integer id = lmp__enc_number(e, p, &isnew);
-  if (!isnew) {
-    lmp__enc_ref(e, id, 1);
-    return;
-  }
+  lua_Integer id;
+  if (lmp__enc_sent(e, p, &id)) return;
   if (lmp__enc_modref(e, idx, p)) return;
   if (lua_iscfunction(L, idx))
     fail(e, "cannot send a C function that is not reachable from package.loaded");
@@ -335,12 +331,8 @@ static void encode_function(enc *e, int idx) {
 static void encode_userdata(enc *e, int idx) {
   lua_State *L = e->L;
   const void *p = lua_topointer(L, idx);
-  int isnew;
-  lua_Integer id = lmp__enc_number(e, p, &isnew);
-  if (!isnew) {
-    lmp__enc_ref(e, id, 1);
-    return;
-  }
+  lua_Integer id;
+  if (lmp__enc_sent(e, p, &id)) return;
   if (lmp__enc_modref(e, idx, p)) return;
   enter(e);
   if (!lua_getmetatable(L, idx) || !lmp__enc_hook(L, lua_gettop(L))) {

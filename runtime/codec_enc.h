@@ -160,6 +160,16 @@ int lmp__enc_modref(enc *e, int idx, const void *p);
 void lmp__enc_ref(enc *e, lua_Integer off, int ref);
 /* Writes a string (short ones through the memo: maybe as a T_SREF). */
 void lmp__enc_string(enc *e, const char *s, size_t n);
+
+/* The prologue of every object's record: 1 when the object at address p was sent already in
+** this message (a back reference is written), else 0 with *id the offset of its record. */
+static inline int lmp__enc_sent(enc *e, const void *p, lua_Integer *id) {
+  int isnew;
+  *id = lmp__enc_number(e, p, &isnew);
+  if (isnew) return 0;
+  lmp__enc_ref(e, *id, 1);
+  return 1;
+}
 /* Pushes the __lmp_encode hook of the metatable at mt; returns 0 (nothing pushed) if none. */
 int lmp__enc_hook(lua_State *L, int mt);
 /* Encodes the object at idx (already numbered) through its hook (on the stack top,

@@ -304,12 +304,8 @@ static void write_table(enc *e, int idx, const lmp_ltable *tp, int mt) {
 void lmp__enc_table(enc *e, int idx) {
   lua_State *L = e->L;
   const void *p = lua_topointer(L, idx);
-  int isnew;
-  lua_Integer id = lmp__enc_number(e, p, &isnew);
-  if (!isnew) {
-    lmp__enc_ref(e, id, 1);
-    return;
-  }
+  lua_Integer id;
+  if (lmp__enc_sent(e, p, &id)) return;
   if (p == e->Gp) {
     put_byte(e, T_GLOBALS);
     return;
