@@ -5,10 +5,54 @@
 */
 #include <string.h>
 
+#include <lauxlib.h>
+
 #include "codec_arr.h"
 
 int lmp__array_direct;
+int lmp__hash_direct;
 static int checked;
+
+#define EMPTY 0x10 /* an empty value slot (Lua's LUA_VEMPTY) */
+
+lmp_lnode *lmp__shortkey_node(lmp_ltable *t, void *ts) {
+  if (t->lastfree == NULL) return NULL; /* the shared empty node of a table without hash */
+  size_t mask = ((size_t)1 << t->lsizenode) - 1;
+  lmp_lnode *mp = &t->node[lmp__ts_hash(ts) & mask];
+  for (lmp_lnode *n = mp;; n += n->next) { /* there already? */
+    if (n->key_tt == TV_SHRSTR && n->key.p == ts) return n;
+    if (n->next == 0) break;
+  }
+  if (!TV_ISNIL(mp->tt)) { /* the main position is taken: find a free node */
+    lmp_lnode *f = t->lastfree, *free = NULL;
+    while (f > t->node)
+      if ((--f)->key_tt == 0) {
+        free = f;
+        break;
+      }
+    t->lastfree = f;
+    if (free == NULL) return NULL;
+    lmp_lnode *other = &t->node[lmp__ts_hash(mp->key.p) & mask]; /* where the taker belongs */
+    if (other != mp) { /* the taker is out of its place: move it to the free node */
+      while (other + other->next != mp) other += other->next;
+      other->next = (int)(free - other);
+      *free = *mp;
+      if (mp->next != 0) {
+        free->next += (int)(mp - free);
+        mp->next = 0;
+      }
+      mp->tt = EMPTY;
+    } else { /* the taker is in its place: the new key goes to the free node, chained */
+      if (mp->next != 0) free->next = (int)((mp + mp->next) - free);
+      mp->next = (int)(free - mp);
+      mp = free;
+    }
+  }
+  mp->key_tt = TV_SHRSTR;
+  mp->key.p = ts;
+  t->flags &= (unsigned char)~0x3f; /* no cached absence of metamethods */
+  return mp;
+}
 
 /* 1 when the array part of a table made with the API reads as expected (table at -2, its
 ** metatable at -1). */
@@ -79,6 +123,59 @@ static int writes_back(lua_State *L) {
   return ok;
 }
 
+/* 1 when short-string keys placed by lmp__shortkey_node lay a table out exactly as the API
+** does (same nodes, chains and free pointer, keys set in the same order) and read back. */
+static int hash_writes_back(lua_State *L) {
+  static const char *const keys[] = {"id", "name", "score", "tags", "a", "b", "c", "total",
+                                     "x", "y", "z", "w"};
+  enum { NKEYS = sizeof keys / sizeof keys[0] };
+  lua_createtable(L, 0, NKEYS);
+  lua_createtable(L, 0, NKEYS);
+  lmp_ltable *api = (lmp_ltable *)lua_topointer(L, -2), *mine = (lmp_ltable *)lua_topointer(L, -1);
+  int ok = api->lsizenode == mine->lsizenode && api->lastfree != NULL;
+  for (int i = 0; ok && i < NKEYS; i++) {
+    lua_pushinteger(L, i);
+    lua_setfield(L, -3, keys[i]);
+    lua_pushstring(L, keys[i]); /* anchored on the stack until the table holds it */
+    lmp_lnode *n = lmp__shortkey_node(mine, (void *)lua_topointer(L, -1));
+    ok = n != NULL && TV_ISNIL(n->tt);
+    if (ok) n->v.i = i, n->tt = TV_INT;
+    lua_pop(L, 1);
+  }
+  size_t nodes = (size_t)1 << mine->lsizenode;
+  for (size_t i = 0; ok && i < nodes; i++) {
+    const lmp_lnode *a = &api->node[i], *b = &mine->node[i];
+    ok = a->key_tt == b->key_tt && a->next == b->next && a->tt == b->tt &&
+         (TV_ISNIL(a->tt) || (a->key.p == b->key.p && a->v.i == b->v.i));
+  }
+  ok = ok && (char *)api->lastfree - (char *)api->node == (char *)mine->lastfree - (char *)mine->node;
+  for (int i = 0; ok && i < NKEYS; i++) {
+    ok = lua_getfield(L, -1, keys[i]) == LUA_TNUMBER && lua_tointeger(L, -1) == i;
+    lua_pop(L, 1);
+    lua_pushstring(L, keys[i]); /* the node for a key already there is its own */
+    ok = ok && lmp__shortkey_node(mine, (void *)lua_topointer(L, -1))->v.i == i;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return ok;
+}
+
+/* 1 when LMP_BLACK is the collector's mark for objects it traversed: in generational mode, a
+** full collection leaves what survives black, and a new object is not. Asked of a state of
+** its own. */
+static int black_is_black(void) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) return 0;
+  lua_gc(L, LUA_GCGEN, 0, 0);
+  lua_newtable(L);
+  lua_gc(L, LUA_GCCOLLECT);
+  lua_newtable(L);
+  const lmp_ltable *old = lua_topointer(L, -2), *young = lua_topointer(L, -1);
+  int ok = (old->marked & LMP_BLACK) && !(young->marked & LMP_BLACK) && (young->marked & 0x18);
+  lua_close(L);
+  return ok;
+}
+
 void lmp__array_init(lua_State *L) {
   if (checked) return;
   checked = 1;
@@ -118,5 +215,7 @@ void lmp__array_init(lua_State *L) {
   ok = ok && writes_back(L);
   lua_settop(L, top);
   lmp__array_direct = ok;
+  lmp__hash_direct = ok && hash_writes_back(L) && black_is_black();
+  lua_settop(L, top);
 #endif
 }

@@ -39,7 +39,7 @@ typedef struct lmp_ltable {
   unsigned int alimit; /* never more than the size of the array part */
   lmp_tv *array;
   lmp_lnode *node;
-  void *lastfree;
+  lmp_lnode *lastfree;
   void *metatable;
 } lmp_ltable;
 
@@ -61,7 +61,31 @@ static inline size_t lmp__ts_len(const void *ts, unsigned char tt) {
   return *(const size_t *)((const char *)ts + 16);
 }
 
+/* The string whose bytes lua_tolstring (or lua_pushlstring) gave as s. */
+static inline void *lmp__ts_of(const char *s) { return (void *)(s - 24); }
+
+/* A string's hash (short strings: always computed). */
+static inline unsigned lmp__ts_hash(const void *ts) {
+  return *(const unsigned *)((const char *)ts + 12);
+}
+
+/* The tag of a value holding the string ts: its own variant, with the collectable bit. */
+static inline unsigned char lmp__ts_tag(const void *ts) {
+  return (unsigned char)(((const unsigned char *)ts)[8] | 0x40);
+}
+
+#define LMP_BLACK 0x20 /* in an object's `marked`: traversed by the collector */
+
 extern int lmp__array_direct; /* 1 once the layout was checked against this Lua */
+extern int lmp__hash_direct;  /* 1 once lmp__shortkey_node was checked as well */
+
+/* Where a new short-string key goes in the hash part of t, exactly as Lua 5.4's luaH_newkey
+** places it (its main position, or a free node, moving a colliding node that is not in its
+** own main position), with the key set; or the node already holding it. NULL when no node is
+** free (the caller then goes through the API, which grows the table). Only for a table whose
+** hash nodes were all placed by this function. The caller writes the value, and must not when
+** t is black (LMP_BLACK: the collector would not see it). */
+lmp_lnode *lmp__shortkey_node(lmp_ltable *t, void *ts);
 
 /* Runs the layout check once per process (L: any state). */
 void lmp__array_init(lua_State *L);

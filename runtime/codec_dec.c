@@ -16,7 +16,7 @@
 #include "codec.h"
 #include "codec_arr.h"
 
-#define STR_CACHE 32 /* strings pushed for T_SREF, kept by offset */
+#define STR_CACHE 32 /* strings pushed for T_SREF, kept by offset in stack slots */
 
 typedef struct dec {
   lua_State *L;
@@ -28,8 +28,12 @@ typedef struct dec {
   int G;   /* the receiver's globals */
   int env; /* the per-message environment (nil until first needed) */
   int depth;
-  int strs; /* the stack slot of the string cache (nil until the first T_SREF) */
-  size_t stroff[STR_CACHE];
+  int strs; /* the first of the STR_CACHE stack slots of the string cache */
+  size_t stroff[STR_CACHE]; /* the offset of the T_STR each slot holds (0: none) */
+  const void *strts[STR_CACHE]; /* and its string, for direct stores */
+  /* the value decode_value pushed last, as a table slot holds it, when it is a number, a
+  ** boolean, a string or a table (last.tt == 0 otherwise): stored in place when it can be */
+  lmp_tv last;
 } dec;
 
 static void decode_value(dec *d);
@@ -114,20 +118,17 @@ static void push_sref(dec *d, size_t at) {
   size_t n = q[1];
   if (q[0] != T_STR || n < 1 || n > CODEC_MEMO_MAX || off + 2 + n > at)
     bad(d, "bad string reference");
-  if (lua_isnil(L, d->strs)) { /* the cache: slot -> string, by offset modulo STR_CACHE */
-    lua_createtable(L, STR_CACHE, 0);
-    lua_replace(L, d->strs);
-    memset(d->stroff, 0, sizeof d->stroff); /* 0 is the header: never a string */
-  }
-  int slot = (int)(off % STR_CACHE);
+  int slot = (int)(off % STR_CACHE); /* the cache: slot -> string, by offset */
   if (d->stroff[slot] == off) {
-    lua_rawgeti(L, d->strs, slot + 1);
-    return;
+    lua_pushvalue(L, d->strs + slot);
+  } else {
+    const char *s = lua_pushlstring(L, (const char *)q + 2, n);
+    lua_copy(L, -1, d->strs + slot);
+    d->stroff[slot] = (size_t)off;
+    d->strts[slot] = lmp__ts_of(s);
   }
-  lua_pushlstring(L, (const char *)q + 2, n);
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, d->strs, slot + 1);
-  d->stroff[slot] = (size_t)off;
+  d->last.v.p = (void *)d->strts[slot];
+  d->last.tt = TV_SHRSTR;
 }
 
 /* Pushes the per-message environment: captured globals over the receiver's globals. */
@@ -186,15 +187,27 @@ static void get_number_array(dec *d, int t, uint64_t narr, int kind, lua_Integer
   d->p += narr * 8;
 }
 
-/* Reads the array values of a table record into t[offset+1..offset+narr]. */
-static void get_array(dec *d, int t, uint64_t narr, int kind, lua_Integer offset) {
+/* Reads the array values of a table record into t[offset+1..offset+narr] (tp: t through the
+** mirror, or NULL): values that a
+** slot holds as they are go straight into the array part while the collector has not
+** traversed the table (else through the API, whose write barrier tells it). */
+static void get_array(dec *d, int t, lmp_ltable *tp, uint64_t narr, int kind,
+                      lua_Integer offset) {
+  lua_State *L = d->L;
   if (kind != T_TABLE) {
     get_number_array(d, t, narr, kind, offset);
     return;
   }
+  lua_Unsigned asize = tp && offset >= 0 ? tp->alimit : 0;
   for (uint64_t i = 1; i <= narr; i++) {
     decode_value(d);
-    lua_rawseti(d->L, t, offset + (lua_Integer)i);
+    lua_Unsigned k = (lua_Unsigned)offset + i; /* the slot's key */
+    if (d->last.tt && k <= asize && !(tp->marked & LMP_BLACK)) {
+      tp->array[k - 1] = d->last;
+      lua_pop(L, 1);
+    } else {
+      lua_rawseti(L, t, offset + (lua_Integer)i);
+    }
   }
 }
 
@@ -207,16 +220,32 @@ static void get_counts(dec *d, int kind, uint64_t *narr, uint64_t *nhash) {
     bad(d, "table larger than the message");
 }
 
-/* Reads nhash key/value pairs into the table at t. */
-static void get_pairs(dec *d, int t, uint64_t nhash) {
+/* Reads nhash key/value pairs into the table at t, which this decoder made. While every key
+** is a short string, the pairs go straight into its hash nodes, placed as Lua places them
+** (lmp__shortkey_node), as long as the collector has not traversed the table; from the first
+** other key on, through the API. tp: t through the mirror, or NULL for the API only. */
+static void get_pairs(dec *d, int t, lmp_ltable *tp, uint64_t nhash) {
   lua_State *L = d->L;
   for (uint64_t i = 0; i < nhash; i++) {
     decode_value(d);
-    int kt = lua_type(L, -1);
-    if (kt == LUA_TNIL ||
-        (kt == LUA_TNUMBER && !lua_isinteger(L, -1) && isnan(lua_tonumber(L, -1))))
-      bad(d, "nil or NaN table key");
+    lmp_tv key = d->last;
+    if (key.tt != TV_SHRSTR) {
+      int kt = lua_type(L, -1);
+      if (kt == LUA_TNIL ||
+          (kt == LUA_TNUMBER && !lua_isinteger(L, -1) && isnan(lua_tonumber(L, -1))))
+        bad(d, "nil or NaN table key");
+    }
     decode_value(d);
+    if (tp && key.tt == TV_SHRSTR && d->last.tt && !(tp->marked & LMP_BLACK)) {
+      lmp_lnode *n = lmp__shortkey_node(tp, key.v.p);
+      if (n != NULL) {
+        n->v = d->last.v;
+        n->tt = d->last.tt;
+        lua_settop(L, -3);
+        continue;
+      }
+    }
+    tp = NULL; /* the API may move the nodes */
     lua_rawset(L, t);
   }
 }
@@ -235,15 +264,19 @@ static void decode_table(dec *d, int tag, lua_Integer at) {
   uint64_t hcap = 1u << 24;
   lua_createtable(L, (int)(narr < cap ? narr : cap), (int)(nhash < hcap ? nhash : hcap));
   int t = lua_gettop(L);
+  lmp_ltable *tp = (lmp_ltable *)lmp__table(L, t);
   keep(d, at);
-  get_array(d, t, narr, kind, 0);
-  get_pairs(d, t, nhash);
+  get_array(d, t, tp, narr, kind, 0);
+  /* the pairs go in place only when the array values all went to the array part */
+  get_pairs(d, t, narr < cap && lmp__hash_direct ? tp : NULL, nhash);
   if (tag & T_WITH_MT) {
     decode_value(d);
     if (!lua_istable(L, -1)) bad(d, "metatable is not a table");
     lua_setmetatable(L, t);
   }
   d->depth--;
+  d->last.v.p = tp; /* what decode_value pushed: t */
+  d->last.tt = tp ? TV_TABLE : 0;
 }
 
 /* ---- functions ---- */
@@ -401,6 +434,7 @@ static void decode_value(dec *d) {
   size_t here = (size_t)(d->p - d->base);
   int tag = get_byte(d);
   lua_Integer at = -1;
+  d->last.tt = 0;
   if (tag & T_KEPT) { /* only objects are kept */
     tag &= ~T_KEPT;
     if ((tag & ~T_WITH_MT) != T_TABLE && (tag & ~T_WITH_MT) != T_TABLE_I &&
@@ -411,22 +445,36 @@ static void decode_value(dec *d) {
   }
   switch (tag) {
     case T_NIL: lua_pushnil(L); break;
-    case T_FALSE: lua_pushboolean(L, 0); break;
-    case T_TRUE: lua_pushboolean(L, 1); break;
+    case T_FALSE:
+      lua_pushboolean(L, 0);
+      d->last.tt = TV_FALSE;
+      break;
+    case T_TRUE:
+      lua_pushboolean(L, 1);
+      d->last.tt = TV_TRUE;
+      break;
     case T_INT:
       u = get_varint(d);
-      lua_pushinteger(L, (lua_Integer)((u >> 1) ^ (uint64_t)(-(int64_t)(u & 1))));
+      d->last.v.i = (lua_Integer)((u >> 1) ^ (uint64_t)(-(int64_t)(u & 1)));
+      d->last.tt = TV_INT;
+      lua_pushinteger(L, d->last.v.i);
       break;
     case T_FLOAT:
       if (remaining(d) < 8) bad(d, "truncated");
       u = le64(d->p);
       d->p += 8;
       memcpy(&x, &u, 8);
+      d->last.v.n = x;
+      d->last.tt = TV_FLT;
       lua_pushnumber(L, x);
       break;
     case T_STR:
       s = get_str(d, &n);
-      lua_pushlstring(L, s, n);
+      s = lua_pushlstring(L, s, n);
+      if (lmp__array_direct) {
+        d->last.v.p = lmp__ts_of(s);
+        d->last.tt = lmp__ts_tag(d->last.v.p);
+      }
       break;
     case T_SREF: push_sref(d, here); break;
     case T_TABLE:
@@ -434,15 +482,23 @@ static void decode_value(dec *d) {
     case T_TABLE_F:
     case T_TABLE | T_WITH_MT:
     case T_TABLE_I | T_WITH_MT:
-    case T_TABLE_F | T_WITH_MT: decode_table(d, tag, at); break;
+    case T_TABLE_F | T_WITH_MT:
+      decode_table(d, tag, at);
+      break;
     case T_REF: push_ref(d, get_varint(d), here); break;
-    case T_FUNC: decode_function(d, at); break;
+    case T_FUNC:
+      decode_function(d, at);
+      d->last.tt = 0; /* not what its upvalues left */
+      break;
     case T_GLOBALS:
       lua_pushvalue(L, d->G);
       keep(d, at);
       break;
     case T_MODREF: decode_modref(d, at); break;
-    case T_HANDLE: decode_handle(d, at); break;
+    case T_HANDLE:
+      decode_handle(d, at);
+      d->last.tt = 0;
+      break;
     default: bad(d, "unknown tag");
   }
 }
@@ -479,15 +535,16 @@ static void dec_init(dec *d, lua_State *L, const char *s, size_t n, const int *f
   d->nfds = nfds;
   d->fdindex = p[4] & CODEC_FLAG_FDINDEX;
   d->depth = 0;
-  if (!lua_checkstack(L, 24)) bad(d, "Lua stack overflow");
+  if (!lua_checkstack(L, 24 + STR_CACHE)) bad(d, "Lua stack overflow");
   lua_pushnil(L);
   d->refs = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   d->G = lua_gettop(L);
   lua_pushnil(L);
   d->env = lua_gettop(L);
-  lua_pushnil(L);
-  d->strs = lua_gettop(L);
+  d->strs = lua_gettop(L) + 1;
+  lua_settop(L, d->strs + STR_CACHE - 1);
+  memset(d->stroff, 0, sizeof d->stroff); /* 0 is the header: never a string */
 }
 
 void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
@@ -511,7 +568,7 @@ lua_Integer lmp__decode_into(lua_State *L, const char *s, size_t n, int t, lua_I
   enter(&d);
   uint64_t narr, nhash;
   get_counts(&d, kind, &narr, &nhash);
-  get_array(&d, t, narr, kind, offset - 1);
+  get_array(&d, t, (lmp_ltable *)lmp__table(L, t), narr, kind, offset - 1);
   for (uint64_t i = 0; i < 2 * nhash + ((tag & T_WITH_MT) != 0); i++) {
     decode_value(&d); /* the pairs (n = narr) and the metatable */
     lua_pop(L, 1);

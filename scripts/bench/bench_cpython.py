@@ -4,6 +4,7 @@ One workload per invocation; prints one line: "<row> <figure> <unit> [key=value 
     python3 bench_cpython.py map
 Start method fork, 2 workers, module-level task functions: the same setup as the lmp side.
 """
+import gc
 import multiprocessing as mp
 import os
 import sys
@@ -309,6 +310,7 @@ def row_map_records():
             for i in range(1, n + 1)]
     with mp.Pool(WORKERS) as pool:
         pool.apply(nothing, ())
+        gc.collect()  # as the lmp side: the clock times the map
         t0 = time.perf_counter()
         res = pool.map(record, data)
         dt = time.perf_counter() - t0
