@@ -233,7 +233,7 @@ static void *system_alloc(void *ud, void *p, size_t osize, size_t nsize) {
     free(p);
     return NULL;
   }
-  return realloc(p, nsize);
+  return p == NULL ? malloc(nsize) : realloc(p, nsize);
 }
 
 /* ---- states ---- */

@@ -249,6 +249,28 @@ void lmp__enc_string(enc *e, const char *s, size_t n) {
   put_memo_string(e, off ? off : &none, s, n);
 }
 
+void lmp__enc_key(enc *e, keyref *k, const void *ts) {
+  const char *s = LMP_TS_STR(ts);
+  size_t n = lmp__ts_len(ts, TV_SHRSTR);
+  if (k->ts == ts && same_string(e, k->off, s, n)) { /* the copy it refers to is this key */
+    memcpy(room(e, sizeof k->ref), k->ref, sizeof k->ref);
+    e->out->len += k->n;
+    return;
+  }
+  size_t at = e->out->len;
+  lmp__enc_string(e, s, n);
+  const unsigned char *p = (const unsigned char *)e->out->p + at;
+  size_t len = e->out->len - at;
+  k->ts = NULL;
+  if (p[0] != T_SREF || len > sizeof k->ref) return; /* a copy in full is written once */
+  uint64_t off = 0;
+  for (size_t i = 1, shift = 0; i < len; i++, shift += 7) off |= (uint64_t)(p[i] & 0x7f) << shift;
+  k->ts = ts;
+  k->off = (uint32_t)off;
+  k->n = (unsigned char)len;
+  memcpy(k->ref, p, len);
+}
+
 /* ---- by reference ---- */
 
 int lmp__enc_modref(enc *e, int idx, const void *p) {
@@ -390,6 +412,7 @@ static void enc_init(enc *e, lua_State *L, lmp_buf *out, lmp_fdvec *fds, const c
   e->depth = e->nframe = 0;
   e->have_rev = 0;
   e->pushslot = NULL;
+  for (int i = 0; i < KEY_SLOTS; i++) e->keys[i].ts = NULL;
   if (!lua_checkstack(L, 24)) fail(e, "Lua stack overflow");
   lua_pushnil(L);
   e->scratchslot = lua_gettop(L); /* a temporary scratch, if one is made */

@@ -25,6 +25,16 @@ typedef struct frame {
 #define MAX_FRAMES (CODEC_MAX_DEPTH + 8)
 #define FEW_OBJS 16 /* objects numbered before the identity map is made */
 #define FEW_STRS 16 /* memoised strings before the string map is made */
+#define KEY_SLOTS 16 /* hash nodes whose key's back reference is remembered (keyref) */
+
+/* The short-string key last written from hash node i of a table (i < KEY_SLOTS), when it
+** went as a back reference: tables of one shape hold the same key at the same node, and
+** write the same bytes for it. */
+typedef struct keyref {
+  const void *ts;           /* the key, or NULL */
+  uint32_t off;             /* the offset of its T_STR */
+  unsigned char n, ref[7];  /* the n bytes of its T_SREF */
+} keyref;
 
 typedef struct enc {
   lua_State *L;
@@ -57,6 +67,7 @@ typedef struct enc {
   int pusherslot;  /* a one-slot table that pushes values read in place (codec_tab.c) */
   void *pushslot;  /* its slot; NULL until it is made */
   int depth, nframe;
+  keyref keys[KEY_SLOTS];
   frame frames[MAX_FRAMES];
 } enc;
 
@@ -85,6 +96,11 @@ static inline void enter(enc *e) {
 /* ---- output ---- */
 
 void lmp__enc_grow(enc *e, size_t n);
+
+/* Writes the short string ts, a key read from hash node slot k: the bytes of k when it holds
+** that key, else as any string (lmp__enc_string), remembered in k when it went as a back
+** reference (codec_enc.c). */
+void lmp__enc_key(enc *e, keyref *k, const void *ts);
 
 /* Room for n more bytes at the end of the output. */
 static inline unsigned char *room(enc *e, size_t n) {

@@ -190,13 +190,15 @@ static int64_t put_pairs_direct(enc *e, const lmp_ltable *t, lua_Integer narr) {
     if (skip && key.tt == TV_INT && key.v.i >= 1 && key.v.i <= skip) continue;
     count++;
     int plainkey = is_plain(key.tt);
+    if (plainkey) {
+      if (key.tt == TV_SHRSTR && i < KEY_SLOTS) lmp__enc_key(e, &e->keys[i], key.v.p);
+      else put_plain(e, &key);
+    }
     if (plainkey && is_plain(val.tt)) {
-      put_plain(e, &key);
       put_plain(e, &val);
       continue;
     }
     if (plainkey) { /* only the value goes on the stack; the key stays in the frame */
-      put_plain(e, &key);
       push_slot(e, &val);
       f->kind = F_KEYSLOT;
       f->key = key;
