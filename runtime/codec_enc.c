@@ -149,22 +149,13 @@ void lmp__enc_ref(enc *e, lua_Integer off, int ref) {
 
 /* ---- strings ---- */
 
-/* 1 when the message holds at offset off a T_STR of the n bytes at s (n <= 40: compared
-** here rather than through a memcmp call). */
-static inline int same_string(enc *e, uint64_t off, const char *s, size_t n) {
-  const unsigned char *q = (const unsigned char *)e->out->p + e->start + off;
-  if (q[0] != T_STR || q[1] != n) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (q[2 + i] != (unsigned char)s[i]) return 0;
-  return 1;
-}
 
 /* Writes a short string as a back reference to the copy at offset *off when there is one
 ** (*off != NOCOPY) and that is smaller; else in full, making that copy the remembered one. */
 #define NOCOPY 0xffffffffu
 static void put_memo_string(enc *e, uint32_t *off, const char *s, size_t n) {
   unsigned char *p = room(e, 2 + CODEC_MEMO_MAX); /* either form fits */
-  if (*off != NOCOPY && same_string(e, *off, s, n)) {
+  if (*off != NOCOPY && lmp__enc_holds(e, *off, s, n)) {
     uint32_t v = *off;
     int len = v < (1u << 7) ? 1 : v < (1u << 14) ? 2 : v < (1u << 21) ? 3 : v < (1u << 28) ? 4 : 5;
     if (1 + len < 2 + (int)n) {
@@ -250,19 +241,12 @@ void lmp__enc_string(enc *e, const char *s, size_t n) {
 }
 
 void lmp__enc_key(enc *e, keyref *k, const void *ts) {
-  const char *s = LMP_TS_STR(ts);
-  size_t n = lmp__ts_len(ts, TV_SHRSTR);
-  if (k->ts == ts && same_string(e, k->off, s, n)) { /* the copy it refers to is this key */
-    memcpy(room(e, sizeof k->ref), k->ref, sizeof k->ref);
-    e->out->len += k->n;
-    return;
-  }
   size_t at = e->out->len;
-  lmp__enc_string(e, s, n);
+  lmp__enc_string(e, LMP_TS_STR(ts), lmp__ts_len(ts, TV_SHRSTR));
   const unsigned char *p = (const unsigned char *)e->out->p + at;
   size_t len = e->out->len - at;
   k->ts = NULL;
-  if (p[0] != T_SREF || len > sizeof k->ref) return; /* a copy in full is written once */
+  if (p[0] != T_SREF || len > sizeof k->ref - 1) return; /* a copy in full is written once */
   uint64_t off = 0;
   for (size_t i = 1, shift = 0; i < len; i++, shift += 7) off |= (uint64_t)(p[i] & 0x7f) << shift;
   k->ts = ts;
@@ -412,7 +396,7 @@ static void enc_init(enc *e, lua_State *L, lmp_buf *out, lmp_fdvec *fds, const c
   e->depth = e->nframe = 0;
   e->have_rev = 0;
   e->pushslot = NULL;
-  for (int i = 0; i < KEY_SLOTS; i++) e->keys[i].ts = NULL;
+  for (int i = 0; i < KEY_SLOTS; i++) e->keys[i].ts = e->slots[i].ts = NULL;
   if (!lua_checkstack(L, 24)) fail(e, "Lua stack overflow");
   lua_pushnil(L);
   e->scratchslot = lua_gettop(L); /* a temporary scratch, if one is made */

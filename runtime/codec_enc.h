@@ -25,15 +25,16 @@ typedef struct frame {
 #define MAX_FRAMES (CODEC_MAX_DEPTH + 8)
 #define FEW_OBJS 16 /* objects numbered before the identity map is made */
 #define FEW_STRS 16 /* memoised strings before the string map is made */
-#define KEY_SLOTS 16 /* hash nodes whose key's back reference is remembered (keyref) */
+#define KEY_SLOTS 16 /* hash nodes and array slots whose string's reference is remembered */
 
-/* The short-string key last written from hash node i of a table (i < KEY_SLOTS), when it
-** went as a back reference: tables of one shape hold the same key at the same node, and
-** write the same bytes for it. */
+/* The short string last written from hash node i of a table (a key) or from its array slot i
+** (a value), i < KEY_SLOTS, when it went as a back reference: tables of one shape hold the
+** same keys at the same nodes (and records often the same strings at the same slots), and
+** write the same bytes for them. */
 typedef struct keyref {
   const void *ts;           /* the key, or NULL */
   uint32_t off;             /* the offset of its T_STR */
-  unsigned char n, ref[7];  /* the n bytes of its T_SREF */
+  unsigned char n, ref[8];  /* the n bytes of its T_SREF */
 } keyref;
 
 typedef struct enc {
@@ -67,7 +68,7 @@ typedef struct enc {
   int pusherslot;  /* a one-slot table that pushes values read in place (codec_tab.c) */
   void *pushslot;  /* its slot; NULL until it is made */
   int depth, nframe;
-  keyref keys[KEY_SLOTS];
+  keyref keys[KEY_SLOTS], slots[KEY_SLOTS];
   frame frames[MAX_FRAMES];
 } enc;
 
@@ -97,10 +98,6 @@ static inline void enter(enc *e) {
 
 void lmp__enc_grow(enc *e, size_t n);
 
-/* Writes the short string ts, a key read from hash node slot k: the bytes of k when it holds
-** that key, else as any string (lmp__enc_string), remembered in k when it went as a back
-** reference (codec_enc.c). */
-void lmp__enc_key(enc *e, keyref *k, const void *ts);
 
 /* Room for n more bytes at the end of the output. */
 static inline unsigned char *room(enc *e, size_t n) {
@@ -160,6 +157,32 @@ static inline void put_float(enc *e, lua_Number d) {
   *p = T_FLOAT;
   put_le64(p + 1, bits);
   e->out->len += 9;
+}
+
+/* 1 when the message holds at offset off a T_STR of the n bytes at s (n <= 40: compared
+** here rather than through a memcmp call). */
+static inline int lmp__enc_holds(enc *e, uint64_t off, const char *s, size_t n) {
+  const unsigned char *q = (const unsigned char *)e->out->p + e->start + off;
+  if (q[0] != T_STR || q[1] != n) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (q[2 + i] != (unsigned char)s[i]) return 0;
+  return 1;
+}
+
+/* Writes the short string ts as any string (lmp__enc_string), remembering in k the back
+** reference it went as, if it did (codec_enc.c). */
+void lmp__enc_key(enc *e, keyref *k, const void *ts);
+
+/* Writes the short string ts read from the node or slot whose record is k: the bytes of k
+** when they refer to that string, else through lmp__enc_key. */
+static inline void put_keyed(enc *e, keyref *k, const void *ts) {
+  if (k->ts == ts && lmp__enc_holds(e, k->off, LMP_TS_STR(ts), lmp__ts_len(ts, TV_SHRSTR))) {
+    unsigned char *p = room(e, sizeof k->ref);
+    memcpy(p, k->ref, sizeof k->ref);
+    e->out->len += k->n;
+    return;
+  }
+  lmp__enc_key(e, k, ts);
 }
 
 /* ---- shared by values, tables and functions ---- */

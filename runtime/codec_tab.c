@@ -100,7 +100,10 @@ static int put_values(enc *e, int idx, const lmp_ltable *tp, lua_Integer first,
   frame *f = &e->frames[e->nframe - 1];
   for (lua_Integer i = first; i < first + narr; i++) {
     if ((lua_Unsigned)(i - 1) < asize && is_plain(a[i - 1].tt)) {
-      put_plain(e, &a[i - 1]);
+      if (a[i - 1].tt == TV_SHRSTR && i - first < KEY_SLOTS)
+        put_keyed(e, &e->slots[i - first], a[i - 1].v.p);
+      else
+        put_plain(e, &a[i - 1]);
       continue;
     }
     /* an array of tables is walked in order: load the next ones ahead (their heads four
@@ -191,7 +194,7 @@ static int64_t put_pairs_direct(enc *e, const lmp_ltable *t, lua_Integer narr) {
     count++;
     int plainkey = is_plain(key.tt);
     if (plainkey) {
-      if (key.tt == TV_SHRSTR && i < KEY_SLOTS) lmp__enc_key(e, &e->keys[i], key.v.p);
+      if (key.tt == TV_SHRSTR && i < KEY_SLOTS) put_keyed(e, &e->keys[i], key.v.p);
       else put_plain(e, &key);
     }
     if (plainkey && is_plain(val.tt)) {

@@ -289,6 +289,25 @@ describe("codec", function()
     end
   end)
 
+  -- Tables of one shape write the same back references for their keys (and for the strings at
+  -- the same array slots); tables that differ from the last one at a node or slot must not.
+  it("writes each table's own keys and strings when consecutive tables differ in shape", function()
+    local items = {}
+    for i = 1, 3000 do
+      local k = i % 6
+      if k == 0 then items[i] = { a = i, b = -i }
+      elseif k == 1 then items[i] = { b = i, c = -i }
+      elseif k == 2 then items[i] = { ["k" .. i % 5] = i, a = "s" .. i % 4 }
+      elseif k == 3 then items[i] = { "x", "y", "x" .. i % 3 }
+      elseif k == 4 then items[i] = { "y", "x", { "x", "y" } }
+      else items[i] = { [("v"):rep(i % 7 + 1)] = { id = i } } end
+    end
+    local r = rt(items)
+    assert.are.same(items, r)
+    local m = mp.encode(items)
+    assert.is_true(#m < 3000 * 16, "keys went as back references: " .. #m .. " bytes")
+  end)
+
   it("fills hash parts as Lua does: colliding keys, repeated keys, metamethods", function()
     local keys = {}
     for i = 1, 300 do keys[#keys + 1] = ("k%d"):format(i) end
