@@ -29,7 +29,7 @@ typedef struct dec {
   int env; /* the per-message environment (nil until first needed) */
   int depth;
   int strs; /* the first of the STR_CACHE stack slots of the string cache */
-  size_t stroff[STR_CACHE]; /* the offset of the T_STR each slot holds (0: none) */
+  size_t stroff[STR_CACHE]; /* the offset of the T_STR each slot holds (SIZE_MAX: none) */
   const void *strts[STR_CACHE]; /* and its string, for direct stores */
   /* the value decode_value pushed last, as a table slot holds it, when it is a number, a
   ** boolean, a string or a table (last.tt == 0 otherwise): stored in place when it can be */
@@ -187,10 +187,68 @@ static void get_number_array(dec *d, int t, uint64_t narr, int kind, lua_Integer
   d->p += narr * 8;
 }
 
+/* ---- values stored in place ---- */
+
+/* Reads the next value without pushing it when reading it allocates nothing: a number, a
+** boolean, or a back reference to a string the cache holds (its cache slot in *slot). 1 with
+** *v as a table slot holds it; else 0, with nothing read. */
+static inline int peek_plain(dec *d, lmp_tv *v, int *slot) {
+  const unsigned char *p = d->p;
+  if (p >= d->end) return 0;
+  uint64_t u;
+  switch (*p) {
+    case T_INT:
+      d->p = p + 1;
+      u = get_varint(d);
+      v->v.i = (lua_Integer)((u >> 1) ^ (uint64_t)(-(int64_t)(u & 1)));
+      v->tt = TV_INT;
+      return 1;
+    case T_FLOAT:
+      if (d->end - p < 9) return 0;
+      u = le64(p + 1);
+      memcpy(&v->v.n, &u, 8);
+      v->tt = TV_FLT;
+      d->p = p + 9;
+      return 1;
+    case T_TRUE:
+    case T_FALSE:
+      v->v.i = 0;
+      v->tt = *p == T_TRUE ? TV_TRUE : TV_FALSE;
+      d->p = p + 1;
+      return 1;
+    case T_SREF: {
+      d->p = p + 1;
+      uint64_t off = get_varint(d);
+      int s = (int)(off % STR_CACHE);
+      if (off >= (uint64_t)(p - d->base) || d->stroff[s] != off) { /* not one it holds */
+        d->p = p;
+        return 0;
+      }
+      v->v.p = (void *)d->strts[s];
+      v->tt = TV_SHRSTR;
+      *slot = s;
+      return 1;
+    }
+    default: return 0;
+  }
+}
+
+/* Pushes a value peek_plain read. */
+static void push_plain(dec *d, const lmp_tv *v, int slot) {
+  lua_State *L = d->L;
+  switch (v->tt) {
+    case TV_INT: lua_pushinteger(L, v->v.i); break;
+    case TV_FLT: lua_pushnumber(L, v->v.n); break;
+    case TV_TRUE: lua_pushboolean(L, 1); break;
+    case TV_FALSE: lua_pushboolean(L, 0); break;
+    default: lua_pushvalue(L, d->strs + slot);
+  }
+}
+
 /* Reads the array values of a table record into t[offset+1..offset+narr] (tp: t through the
-** mirror, or NULL): values that a
-** slot holds as they are go straight into the array part while the collector has not
-** traversed the table (else through the API, whose write barrier tells it). */
+** mirror, or NULL): values that a slot holds as they are go straight into the array part
+** while the collector has not traversed the table (else through the API, whose write barrier
+** tells it); those that need no allocation are not even pushed. */
 static void get_array(dec *d, int t, lmp_ltable *tp, uint64_t narr, int kind,
                       lua_Integer offset) {
   lua_State *L = d->L;
@@ -200,8 +258,19 @@ static void get_array(dec *d, int t, lmp_ltable *tp, uint64_t narr, int kind,
   }
   lua_Unsigned asize = tp && offset >= 0 ? tp->alimit : 0;
   for (uint64_t i = 1; i <= narr; i++) {
-    decode_value(d);
     lua_Unsigned k = (lua_Unsigned)offset + i; /* the slot's key */
+    lmp_tv v = {{0}, 0};
+    int slot = 0;
+    if (k <= asize && peek_plain(d, &v, &slot)) {
+      if (!(tp->marked & LMP_BLACK)) {
+        tp->array[k - 1] = v;
+        continue;
+      }
+      push_plain(d, &v, slot);
+      lua_rawseti(L, t, (lua_Integer)k);
+      continue;
+    }
+    decode_value(d);
     if (d->last.tt && k <= asize && !(tp->marked & LMP_BLACK)) {
       tp->array[k - 1] = d->last;
       lua_pop(L, 1);
@@ -227,8 +296,27 @@ static void get_counts(dec *d, int kind, uint64_t *narr, uint64_t *nhash) {
 static void get_pairs(dec *d, int t, lmp_ltable *tp, uint64_t nhash) {
   lua_State *L = d->L;
   for (uint64_t i = 0; i < nhash; i++) {
-    decode_value(d);
-    lmp_tv key = d->last;
+    lmp_tv key = {{0}, 0}, val = {{0}, 0};
+    int kslot = 0, vslot = 0;
+    if (tp && peek_plain(d, &key, &kslot)) {
+      if (key.tt == TV_SHRSTR && peek_plain(d, &val, &vslot)) {
+        lmp_lnode *n = tp->marked & LMP_BLACK ? NULL : lmp__shortkey_node(tp, key.v.p);
+        if (n != NULL) { /* neither was pushed: nothing was allocated since they were read */
+          n->v = val.v;
+          n->tt = val.tt;
+          continue;
+        }
+        push_plain(d, &key, kslot);
+        push_plain(d, &val, vslot);
+        tp = NULL;
+        lua_rawset(L, t);
+        continue;
+      }
+      push_plain(d, &key, kslot); /* the value is read the usual way */
+    } else {
+      decode_value(d);
+      key = d->last;
+    }
     if (key.tt != TV_SHRSTR) {
       int kt = lua_type(L, -1);
       if (kt == LUA_TNIL ||
@@ -544,7 +632,7 @@ static void dec_init(dec *d, lua_State *L, const char *s, size_t n, const int *f
   d->env = lua_gettop(L);
   d->strs = lua_gettop(L) + 1;
   lua_settop(L, d->strs + STR_CACHE - 1);
-  memset(d->stroff, 0, sizeof d->stroff); /* 0 is the header: never a string */
+  memset(d->stroff, 0xff, sizeof d->stroff); /* no offset: the message is shorter */
 }
 
 void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {

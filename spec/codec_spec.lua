@@ -266,7 +266,8 @@ describe("codec", function()
         local n = 20000
         local data = {}
         for i = 1, n do
-          data[i] = { id = i, name = "user" .. i, tags = { "t" .. i, "u" .. i }, sub = { k = "v" .. i } }
+          data[i] = { id = i, name = "user" .. i, tags = { "t" .. i, "u" .. i, "w" .. i %% 3 },
+                      sub = { k = "v" .. i, kind = "k" .. i %% 5 } }
         end
         local m = mp.encode(data)
         data = nil
@@ -280,7 +281,8 @@ describe("codec", function()
         for i = 1, n do
           local x = r[i]
           assert(x.id == i and x.name == "user" .. i and x.tags[1] == "t" .. i and
-                 x.tags[2] == "u" .. i and x.sub.k == "v" .. i, "record " .. i)
+                 x.tags[2] == "u" .. i and x.tags[3] == "w" .. i %% 3 and x.sub.k == "v" .. i and
+                 x.sub.kind == "k" .. i %% 5, "record " .. i)
         end
         print("ok")
       ]]):format(mode), 120)
