@@ -16,7 +16,8 @@
 #include "codec.h"
 #include "codec_arr.h"
 
-#define STR_CACHE 32 /* strings pushed for T_SREF, kept by offset in stack slots */
+#define STR_CACHE 32      /* strings pushed for T_SREF, kept by offset in stack slots */
+#define STR_CACHE_MIN 256 /* the smallest message that gets the cache */
 
 typedef struct dec {
   lua_State *L;
@@ -28,7 +29,7 @@ typedef struct dec {
   int G;   /* the receiver's globals */
   int env; /* the per-message environment (nil until first needed) */
   int depth;
-  int strs; /* the first of the STR_CACHE stack slots of the string cache */
+  int strs; /* the first of the STR_CACHE stack slots of the string cache (0: none) */
   size_t stroff[STR_CACHE]; /* the offset of the T_STR each slot holds (SIZE_MAX: none) */
   const void *strts[STR_CACHE]; /* and its string, for direct stores */
   /* the value decode_value pushed last, as a table slot holds it, when it is a number, a
@@ -118,6 +119,11 @@ static void push_sref(dec *d, size_t at) {
   size_t n = q[1];
   if (q[0] != T_STR || n < 1 || n > CODEC_MEMO_MAX || off + 2 + n > at)
     bad(d, "bad string reference");
+  if (d->strs == 0) { /* a small message: made again each time */
+    d->last.v.p = lmp__ts_of(lua_pushlstring(L, (const char *)q + 2, n));
+    d->last.tt = TV_SHRSTR;
+    return;
+  }
   int slot = (int)(off % STR_CACHE); /* the cache: slot -> string, by offset */
   if (d->stroff[slot] == off) {
     lua_pushvalue(L, d->strs + slot);
@@ -630,9 +636,12 @@ static void dec_init(dec *d, lua_State *L, const char *s, size_t n, const int *f
   d->G = lua_gettop(L);
   lua_pushnil(L);
   d->env = lua_gettop(L);
-  d->strs = lua_gettop(L) + 1;
-  lua_settop(L, d->strs + STR_CACHE - 1);
   memset(d->stroff, 0xff, sizeof d->stroff); /* no offset: the message is shorter */
+  d->strs = 0;
+  if (n >= STR_CACHE_MIN) {
+    d->strs = lua_gettop(L) + 1;
+    lua_settop(L, d->strs + STR_CACHE - 1);
+  }
 }
 
 void lmp_decode(lua_State *L, const char *s, size_t n, const int *fds, int nfds) {
