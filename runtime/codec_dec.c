@@ -69,6 +69,11 @@ static inline uint64_t get_varint(dec *d) {
 
 static inline uint64_t le64(const unsigned char *p) { return lmp_get_le64(p); }
 
+/* The integer of a T_INT's zigzag varint. */
+static inline lua_Integer unzigzag(uint64_t u) {
+  return (lua_Integer)((u >> 1) ^ (uint64_t)(-(int64_t)(u & 1)));
+}
+
 /* Reads a length-prefixed byte string; the length is checked against the input first. */
 static const char *get_str(dec *d, size_t *n) {
   uint64_t len = get_varint(d);
@@ -205,8 +210,7 @@ static inline int peek_plain(dec *d, lmp_tv *v, int *slot) {
   switch (*p) {
     case T_INT:
       d->p = p + 1;
-      u = get_varint(d);
-      v->v.i = (lua_Integer)((u >> 1) ^ (uint64_t)(-(int64_t)(u & 1)));
+      v->v.i = unzigzag(get_varint(d));
       v->tt = TV_INT;
       return 1;
     case T_FLOAT:
@@ -267,22 +271,18 @@ static void get_array(dec *d, int t, lmp_ltable *tp, uint64_t narr, int kind,
     lua_Unsigned k = (lua_Unsigned)offset + i; /* the slot's key */
     lmp_tv v = {{0}, 0};
     int slot = 0;
-    if (k <= asize && peek_plain(d, &v, &slot)) {
-      if (!(tp->marked & LMP_BLACK)) {
-        tp->array[k - 1] = v;
-        continue;
-      }
-      push_plain(d, &v, slot);
-      lua_rawseti(L, t, (lua_Integer)k);
+    int held = k <= asize && peek_plain(d, &v, &slot); /* read, not pushed */
+    if (!held) {
+      decode_value(d);
+      v = d->last;
+    }
+    if (v.tt && k <= asize && !(tp->marked & LMP_BLACK)) {
+      tp->array[k - 1] = v;
+      if (!held) lua_pop(L, 1);
       continue;
     }
-    decode_value(d);
-    if (d->last.tt && k <= asize && !(tp->marked & LMP_BLACK)) {
-      tp->array[k - 1] = d->last;
-      lua_pop(L, 1);
-    } else {
-      lua_rawseti(L, t, offset + (lua_Integer)i);
-    }
+    if (held) push_plain(d, &v, slot);
+    lua_rawseti(L, t, offset + (lua_Integer)i);
   }
 }
 
@@ -303,41 +303,39 @@ static void get_pairs(dec *d, int t, lmp_ltable *tp, uint64_t nhash) {
   lua_State *L = d->L;
   for (uint64_t i = 0; i < nhash; i++) {
     lmp_tv key = {{0}, 0}, val = {{0}, 0};
-    int kslot = 0, vslot = 0;
+    int kslot = 0, vslot = 0, kheld = 0;
     if (tp && peek_plain(d, &key, &kslot)) {
-      if (key.tt == TV_SHRSTR && peek_plain(d, &val, &vslot)) {
-        lmp_lnode *n = tp->marked & LMP_BLACK ? NULL : lmp__shortkey_node(tp, key.v.p);
-        if (n != NULL) { /* neither was pushed: nothing was allocated since they were read */
-          n->v = val.v;
-          n->tt = val.tt;
-          continue;
-        }
-        push_plain(d, &key, kslot);
-        push_plain(d, &val, vslot);
-        tp = NULL;
-        lua_rawset(L, t);
-        continue;
-      }
-      push_plain(d, &key, kslot); /* the value is read the usual way */
+      kheld = key.tt == TV_SHRSTR; /* a string key read, not pushed */
+      if (!kheld) push_plain(d, &key, kslot);
     } else {
       decode_value(d);
       key = d->last;
     }
-    if (key.tt != TV_SHRSTR) {
+    if (!kheld && key.tt != TV_SHRSTR) {
       int kt = lua_type(L, -1);
       if (kt == LUA_TNIL ||
           (kt == LUA_TNUMBER && !lua_isinteger(L, -1) && isnan(lua_tonumber(L, -1))))
         bad(d, "nil or NaN table key");
     }
-    decode_value(d);
-    if (tp && key.tt == TV_SHRSTR && d->last.tt && !(tp->marked & LMP_BLACK)) {
+    /* held: key and value read and neither pushed (nothing allocated since) */
+    int held = kheld && peek_plain(d, &val, &vslot);
+    if (!held) {
+      if (kheld) push_plain(d, &key, kslot);
+      decode_value(d);
+      val = d->last;
+    }
+    if (tp && key.tt == TV_SHRSTR && val.tt && !(tp->marked & LMP_BLACK)) {
       lmp_lnode *n = lmp__shortkey_node(tp, key.v.p);
       if (n != NULL) {
-        n->v = d->last.v;
-        n->tt = d->last.tt;
-        lua_settop(L, -3);
+        n->v = val.v;
+        n->tt = val.tt;
+        if (!held) lua_settop(L, -3);
         continue;
       }
+    }
+    if (held) {
+      push_plain(d, &key, kslot);
+      push_plain(d, &val, vslot);
     }
     tp = NULL; /* the API may move the nodes */
     lua_rawset(L, t);
@@ -548,8 +546,7 @@ static void decode_value(dec *d) {
       d->last.tt = TV_TRUE;
       break;
     case T_INT:
-      u = get_varint(d);
-      d->last.v.i = (lua_Integer)((u >> 1) ^ (uint64_t)(-(int64_t)(u & 1)));
+      d->last.v.i = unzigzag(get_varint(d));
       d->last.tt = TV_INT;
       lua_pushinteger(L, d->last.v.i);
       break;

@@ -151,9 +151,10 @@ void lmp__enc_ref(enc *e, lua_Integer off, int ref) {
 
 
 /* Writes a short string as a back reference to the copy at offset *off when there is one
-** (*off != NOCOPY) and that is smaller; else in full, making that copy the remembered one. */
+** (*off != NOCOPY) and that is smaller, and returns that offset; else in full, making that copy
+** the remembered one, and returns NOCOPY. */
 #define NOCOPY 0xffffffffu
-static void put_memo_string(enc *e, uint32_t *off, const char *s, size_t n) {
+static uint32_t put_memo_string(enc *e, uint32_t *off, const char *s, size_t n) {
   unsigned char *p = room(e, 2 + CODEC_MEMO_MAX); /* either form fits */
   if (*off != NOCOPY && lmp__enc_holds(e, *off, s, n)) {
     uint32_t v = *off;
@@ -163,7 +164,7 @@ static void put_memo_string(enc *e, uint32_t *off, const char *s, size_t n) {
       for (; v >= 0x80; v >>= 7) *p++ = (unsigned char)(v | 0x80);
       *p = (unsigned char)v;
       e->out->len += 1 + (size_t)len;
-      return;
+      return *off;
     }
   } else {
     uint64_t here = e->out->len - e->start;
@@ -174,6 +175,7 @@ static void put_memo_string(enc *e, uint32_t *off, const char *s, size_t n) {
   p[1] = (unsigned char)n;
   for (size_t i = 0; i < n; i++) p[2 + i] = (unsigned char)s[i];
   e->out->len += 2 + n;
+  return NOCOPY;
 }
 
 /* The memo's offset slot for the string at s: its own when it is there; else a slot given to
@@ -214,45 +216,39 @@ static void strs_to_memo(enc *e) {
 }
 
 /* Writes a string; short ones go through the memo. */
-void lmp__enc_string(enc *e, const char *s, size_t n) {
+uint32_t lmp__enc_string(enc *e, const char *s, size_t n) {
   if (n - 1 >= CODEC_MEMO_MAX) {
     put_byte(e, T_STR);
     put_str(e, s, n);
     e->nobj++;
-    return;
+    return NOCOPY;
   }
   if (e->nsfew >= 0) {
     for (int i = 0; i < e->nsfew; i++)
-      if (e->sfew[i] == s) {
-        put_memo_string(e, &e->sfewoff[i], s, n);
-        return;
-      }
+      if (e->sfew[i] == s) return put_memo_string(e, &e->sfewoff[i], s, n);
     if (e->nsfew < FEW_STRS) {
       uint32_t off = NOCOPY;
       e->sfew[e->nsfew] = s;
       put_memo_string(e, &off, s, n);
       e->sfewoff[e->nsfew++] = off;
-      return;
+      return NOCOPY; /* the first of this string: in full */
     }
     strs_to_memo(e);
   }
   uint32_t *off = memo_slot(e, s), none = NOCOPY;
-  put_memo_string(e, off ? off : &none, s, n);
+  return put_memo_string(e, off ? off : &none, s, n);
 }
 
 void lmp__enc_key(enc *e, keyref *k, const void *ts) {
   size_t at = e->out->len;
-  lmp__enc_string(e, LMP_TS_STR(ts), lmp__ts_len(ts, TV_SHRSTR));
-  const unsigned char *p = (const unsigned char *)e->out->p + at;
+  uint32_t off = lmp__enc_string(e, LMP_TS_STR(ts), lmp__ts_len(ts, TV_SHRSTR));
   size_t len = e->out->len - at;
   k->ts = NULL;
-  if (p[0] != T_SREF || len > sizeof k->ref - 1) return; /* a copy in full is written once */
-  uint64_t off = 0;
-  for (size_t i = 1, shift = 0; i < len; i++, shift += 7) off |= (uint64_t)(p[i] & 0x7f) << shift;
+  if (off == NOCOPY || len > sizeof k->ref) return; /* a copy in full is written once */
   k->ts = ts;
-  k->off = (uint32_t)off;
+  k->off = off;
   k->n = (unsigned char)len;
-  memcpy(k->ref, p, len);
+  memcpy(k->ref, e->out->p + at, len);
 }
 
 /* ---- by reference ---- */

@@ -197,8 +197,9 @@ lua_Integer lmp__enc_number(enc *e, const void *p, int *isnew);
 int lmp__enc_modref(enc *e, int idx, const void *p);
 /* Marks the record at offset off as referred to (T_KEPT); writes a T_REF to it when ref. */
 void lmp__enc_ref(enc *e, lua_Integer off, int ref);
-/* Writes a string (short ones through the memo: maybe as a T_SREF). */
-void lmp__enc_string(enc *e, const char *s, size_t n);
+/* Writes a string (short ones through the memo: maybe as a T_SREF). Returns the offset of
+** the copy a T_SREF was written for, or 0xffffffff when the string went in full. */
+uint32_t lmp__enc_string(enc *e, const char *s, size_t n);
 
 /* The prologue of every object's record: 1 when the object at address p was sent already in
 ** this message (a back reference is written), else 0 with *id the offset of its record. */
